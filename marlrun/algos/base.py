@@ -1,0 +1,54 @@
+"""The contract between the runner and an algorithm, and the compatibility check.
+
+The runner owns the loop; an algorithm owns its learning:
+
+- ``act(obs, env_steps, greedy)``: actions [E, A] for observations [E, A, ...].
+- ``observe(obs, actions, step)``: the transitions of one vectorised env step.
+- ``update(env_steps)``: whatever gradient steps are due; returns scalars to log.
+- ``state_dict()`` / ``load_state_dict()``: tensors and plain data only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from marlrun.envs.base import EnvSpec, VecStep
+from marlrun.errors import UserError
+
+REQUIREMENT_HELP = {
+    "discrete_actions": ("discrete actions", lambda spec: spec.discrete_actions),
+    "homogeneous": ("agents with identical observation and action spaces", lambda spec: spec.homogeneous),
+}
+
+
+class Algorithm:
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    suggestion: ClassVar[str] = ""  # what to pick instead when an environment does not fit
+    gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
+
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> None:
+        raise NotImplementedError
+
+    def update(self, env_steps: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+def check_compatible(algo_cls: type[Algorithm], spec: EnvSpec) -> None:
+    """Raise a UserError naming what the algorithm needs and the environment lacks."""
+    for need in sorted(algo_cls.requires):
+        text, holds = REQUIREMENT_HELP.get(need, (need, lambda s, n=need: n in s.capabilities))
+        if not holds(spec):
+            hint = f" {algo_cls.suggestion}" if algo_cls.suggestion else ""
+            raise UserError(f"algo={algo_cls.name} needs {text}, which env={spec.name} does not have.{hint}")

@@ -1,0 +1,135 @@
+"""`marlrun` command line: `marlrun train [hydra overrides]`.
+
+``train`` is a Hydra application (overrides, ``--cfg job``, ``--help``, ``-m``,
+``hydra.run.dir=...`` all work). Mistakes are printed as one line on stderr
+with a non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+USAGE = """usage: marlrun <command> [options]
+
+commands:
+  train    train an algorithm on an environment (Hydra overrides, e.g. `marlrun train algo.sharing=none seed=1`)
+           `marlrun train --help` lists the config groups; `marlrun train --cfg job` prints the composed config;
+           `marlrun train resume=RUN_DIR [total_steps=N]` continues a run from its last checkpoint
+"""
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str) -> int:
+    message = " ".join(message.split())
+    print(f"marlrun: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf composition error and its cause."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    def first(e: BaseException) -> str:
+        text = str(e).strip()
+        if isinstance(e, OmegaConfBaseException):
+            text = text.split("\n    full_key:")[0]
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+    text = first(exc)
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and first(cause) not in text:
+        text = f"{text}: {first(cause)}"
+    if "Could not find" in text or "Could not load" in text:
+        text = text.replace("Available options in", "; available options in")
+    return text
+
+
+def _resume_args(args: list[str]) -> list[str] | str:
+    """Turn `resume=RUN_DIR` into Hydra arguments that compose the run's saved config in its own folder."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return f"resume: {run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end"
+    from marlrun.checkpoint import checkpoint_paths
+
+    if not checkpoint_paths(run_dir):
+        return f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead"
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [
+        "--config-path", str(saved.parent), "--config-name", "config",
+        f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",  # keep the original .hydra/ untouched
+        f"resume={run_dir}", *rest,
+    ]
+
+
+def train_main(args: list[str]) -> int:
+    args = _resume_args(args)
+    if isinstance(args, str):
+        return fail(args)
+
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from marlrun.config import register_configs
+    from marlrun.errors import UserError
+
+    register_configs()
+    outcome: dict = {}
+
+    @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from marlrun.runner import train
+
+        try:
+            summary = train(cfg, HydraConfig.get().runtime.output_dir)
+        except UserError as exc:  # reported after Hydra returns, as one line
+            outcome["error"] = str(exc)
+            return
+        outcome["stopped"] = summary["status"].startswith("stopped")
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us so we can print them on one line
+    sys.argv = ["marlrun train", *args]
+    try:
+        app()
+    except UserError as exc:
+        return fail(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        return fail(_hydra_message(exc))
+    except PermissionError as exc:
+        return fail(f"cannot write {exc.filename}: permission denied; choose another output folder with hydra.run.dir=PATH")
+    except OSError as exc:
+        if exc.filename:
+            return fail(f"cannot write {exc.filename}: {exc.strerror}; choose another output folder with hydra.run.dir=PATH")
+        raise
+    except KeyboardInterrupt:
+        print("marlrun: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if "error" in outcome:
+        return fail(outcome["error"])
+    return EXIT_INTERRUPTED if outcome.get("stopped") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train_main(rest)
+    return fail(f"unknown command '{command}'; commands: train (see `marlrun --help`)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

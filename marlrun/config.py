@@ -1,0 +1,189 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+Every YAML file under ``conf/`` names one of these schemas first in its
+defaults list, so a misspelled key or a value of the wrong type fails at
+composition with a message that names the key. Range checks live in each
+schema's ``__post_init__`` and run when :func:`validate` turns the composed
+config into dataclass objects, before anything is built or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from marlrun.errors import UserError
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------- hardware
+@dataclass
+class HardwareConfig:
+    """Where training runs and how the environment copies are spread."""
+
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = the cores env workers leave free (1 to 4)
+    num_envs: int = 2  # parallel environment copies stepped together (each step counts num_envs env steps)
+    env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process
+
+    def __post_init__(self) -> None:
+        _require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "hardware.device",
+            f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N",
+        )
+        _require(self.torch_threads >= 0, "hardware.torch_threads", "must be >= 0 (0 = automatic)")
+        _require(self.num_envs >= 1, "hardware.num_envs", "must be >= 1")
+        _require(self.env_workers >= 0, "hardware.env_workers", "must be >= 0 (0 = in the main process)")
+
+
+# --------------------------------------------------------------------------- environments
+@dataclass
+class PursuitConfig:
+    """PettingZoo SISL pursuit_v5; every constructor argument is exposed with the library's default."""
+
+    _target_: str = "marlrun.envs.pursuit.make_pursuit"
+    name: str = "pursuit"
+    x_size: int = 16  # grid width
+    y_size: int = 16  # grid height
+    n_pursuers: int = 8  # learning agents
+    n_evaders: int = 30  # evaders move at random
+    obs_range: int = 7  # side of each pursuer's square view (odd)
+    n_catch: int = 2  # pursuers needed around an evader to catch it
+    freeze_evaders: bool = False  # evaders stand still
+    surround: bool = True  # True: evaders are caught when surrounded; False: when n_catch pursuers share its cell
+    shared_reward: bool = False  # every pursuer receives the team's mean reward
+    tag_reward: float = 0.01  # per evader tagged (a pursuer moves onto it)
+    catch_reward: float = 5.0  # per pursuer taking part in a catch
+    urgency_reward: float = -0.1  # added every step
+    constraint_window: float = 1.0  # fraction of the map where agents may start
+    max_cycles: int = 500  # steps before truncation
+
+    def __post_init__(self) -> None:
+        _require(self.x_size >= 2 and self.y_size >= 2, "env.x_size/env.y_size", "the grid must be at least 2x2")
+        _require(self.n_pursuers >= 1, "env.n_pursuers", "must be >= 1")
+        _require(self.n_evaders >= 1, "env.n_evaders", "must be >= 1")
+        _require(self.obs_range >= 1 and self.obs_range % 2 == 1, "env.obs_range", "must be a positive odd number")
+        _require(self.n_catch >= 1, "env.n_catch", "must be >= 1")
+        _require(0.0 < self.constraint_window <= 1.0, "env.constraint_window", "must be in (0, 1]")
+        _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+
+
+# --------------------------------------------------------------------------- algorithms
+SHARING = ("none", "all", "quantile", "gaussian", "stochastic")
+
+
+@dataclass
+class SuperDDQNConfig:
+    """SUPER on dueling double DQN with prioritized replay (Gerstgrasser et al., 2023).
+
+    Defaults are the reference settings for pursuit.
+    """
+
+    _target_: str = "marlrun.algos.super_ddqn.SuperDDQN"
+    name: str = "super_ddqn"
+    # experience sharing
+    sharing: str = "quantile"  # none | all | quantile | gaussian | stochastic
+    bandwidth: float = 0.1  # beta: target fraction of transitions shared, in (0, 1]
+    window: int = 1500  # k: |TD| values remembered by the quantile and gaussian heuristics
+    share_team: Optional[str] = None  # only agents of this team share (null: every team shares within itself)
+    parameter_sharing: bool = False  # baseline: one network for all agents instead of one per agent
+    # DQN
+    lr: float = 1.6e-4  # Adam learning rate
+    adam_eps: float = 1e-8  # Adam epsilon
+    gamma: float = 0.99  # discount
+    batch_size: int = 32  # minibatch per agent per update
+    buffer_size: int = 120_000  # replay capacity per agent
+    learning_starts: int = 1_000  # env steps before the first update
+    rollout_fragment: int = 4  # env steps per environment copy between sharing rounds
+    updates_per_fragment: int = 1  # gradient steps per agent after each fragment of one environment copy
+    target_update_interval: int = 1_000  # env steps between hard target-network updates
+    max_grad_norm: float = 40.0  # gradient norm clip, per agent
+    huber_delta: float = 1.0  # Huber loss threshold on the TD error
+    # exploration: epsilon-greedy, linear decay
+    epsilon_start: float = 0.1
+    epsilon_end: float = 0.001
+    epsilon_decay_steps: int = 100_000  # env steps from epsilon_start to epsilon_end
+    # prioritized replay
+    prioritized: bool = True
+    per_alpha: float = 0.6
+    per_beta: float = 0.4
+    per_eps: float = 1e-6
+    # network: conv stack -> linear -> dueling heads
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    conv_kernel: int = 2
+    hidden: int = 64  # linear layer after the convolutions
+    head_hidden: int = 256  # hidden units in the value and advantage streams
+
+    def __post_init__(self) -> None:
+        _require(self.sharing in SHARING, "algo.sharing", f"unknown heuristic '{self.sharing}'; pick one of {', '.join(SHARING)}")
+        _require(0.0 < self.bandwidth <= 1.0, "algo.bandwidth", f"beta must be in (0, 1], got {self.bandwidth}")
+        _require(self.window >= 1, "algo.window", f"must be >= 1, got {self.window}")
+        _require(self.lr > 0, "algo.lr", "must be > 0")
+        _require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        for key in ("batch_size", "buffer_size", "rollout_fragment", "updates_per_fragment", "target_update_interval", "epsilon_decay_steps", "hidden", "head_hidden", "conv_kernel"):
+            _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require(self.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
+        for key in ("epsilon_start", "epsilon_end"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", "must be in [0, 1]")
+        _require(0.0 <= self.per_alpha and 0.0 <= self.per_beta <= 1.0, "algo.per_alpha/per_beta", "alpha >= 0, beta in [0, 1]")
+        _require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class RunConfig:
+    """Run-level keys (conf/config.yaml)."""
+
+    algo: Any = MISSING
+    env: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    seed: int = 0  # seeds python, numpy, torch and every environment copy
+    total_steps: int = 200_000  # environment steps to train for (summed over copies)
+    log_interval: int = 5_000  # env steps between metric records (TensorBoard and metrics.jsonl)
+    eval_interval: int = 50_000  # env steps between greedy evaluations; 0 = only at the end
+    eval_episodes: int = 10  # greedy episodes per evaluation; 0 = no evaluation
+    checkpoint_interval: int = 50_000  # env steps between checkpoints (one is also written at the end and on interrupt)
+    keep_checkpoints: int = 2  # newest checkpoints kept in checkpoints/
+    save_replay: bool = True  # put the replay buffers in checkpoints, so a resumed run continues exactly
+    resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`
+    progress: bool = True  # rich progress bar
+    print_config: bool = True  # print the composed config at start
+
+    def __post_init__(self) -> None:
+        _require(self.total_steps >= 0, "total_steps", f"must be >= 0, got {self.total_steps}")
+        _require(self.log_interval >= 1, "log_interval", "must be >= 1")
+        _require(self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
+        _require(self.eval_episodes >= 0, "eval_episodes", "must be >= 0")
+        _require(self.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="marlrun_schema", node=RunConfig)
+    # Under schema/ so that they do not show up as options of the algo/env/hardware groups.
+    cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
+    cs.store(group="schema/env", name="pursuit", node=PursuitConfig)
+    cs.store(group="schema/algo", name="super_ddqn", node=SuperDDQNConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run every schema's range checks (their ``__post_init__``); raises UserError naming the first bad key."""
+    try:
+        OmegaConf.to_object(cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # OmegaConf wraps errors raised while building the dataclasses
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise

@@ -1,0 +1,144 @@
+"""PettingZoo parallel environments as batched tensors, stepped by SuperSuit's vector environments.
+
+Each copy is a ``ParallelEnv`` turned into a Markov vector env (one slot per
+agent) by SuperSuit; copies are concatenated in the main process
+(``num_workers=0``) or spread over worker processes that write into shared
+memory. Observations, rewards and flags come back as tensors [envs, agents, ...]
+in one host-to-device copy per step.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+import numpy as np
+import torch
+from pettingzoo.utils.env import ParallelEnv
+from supersuit.vector import ConcatVecEnv, MarkovVectorEnv, ProcConcatVec
+
+from marlrun.envs.base import EnvSpec, VecStep
+
+
+def copy_seed(seed: int, index: int) -> int:
+    """An independent seed for environment copy ``index`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class _SeededCopy(ParallelEnv):
+    """Forwards to a ParallelEnv, replacing the seed SuperSuit passes on reset with this copy's own.
+
+    SuperSuit hands worker w's copy j the seed ``seed + w + j``, which repeats
+    across workers; each copy here draws from its own SeedSequence instead.
+    """
+
+    def __init__(self, env: ParallelEnv, seed: int):
+        self.env, self.seed = env, seed
+        self.metadata = env.metadata
+        self.possible_agents = env.possible_agents
+        self.render_mode = getattr(env, "render_mode", None)
+
+    def reset(self, seed=None, options=None):
+        return self.env.reset(seed=None if seed is None else self.seed, options=options)
+
+    def step(self, actions):
+        return self.env.step(actions)
+
+    @property
+    def agents(self):
+        return self.env.agents
+
+    @property
+    def unwrapped(self):
+        return self.env.unwrapped
+
+    def observation_space(self, agent):
+        return self.env.observation_space(agent)
+
+    def action_space(self, agent):
+        return self.env.action_space(agent)
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+class _CopyFactory:
+    """Picklable constructor of one seeded copy (runs inside the worker process)."""
+
+    def __init__(self, make_env: Callable[[], ParallelEnv], seed: int):
+        self.make_env, self.seed = make_env, seed
+
+    def __call__(self) -> MarkovVectorEnv:
+        return MarkovVectorEnv(_SeededCopy(self.make_env(), self.seed))
+
+
+class _Group:
+    def __init__(self, factories):
+        self.factories = factories
+
+    def __call__(self) -> ConcatVecEnv:
+        return ConcatVecEnv(self.factories)
+
+
+class PettingZooVecEnv:
+    """``num_envs`` copies of a homogeneous PettingZoo ParallelEnv as one batched environment."""
+
+    def __init__(self, make_env: Callable[[], ParallelEnv], spec: EnvSpec, num_envs: int, num_workers: int, seed: int, device: torch.device | str = "cpu"):
+        self.spec, self.num_envs, self.device = spec, num_envs, torch.device(device)
+        self.n_agents = spec.n_agents
+        factories = [_CopyFactory(make_env, copy_seed(seed, i)) for i in range(num_envs)]
+        num_workers = min(num_workers, num_envs)
+        if num_workers == 0:
+            self._vec = ConcatVecEnv(factories)
+        else:
+            probe = factories[0]()
+            per_worker = -(-num_envs // num_workers)
+            groups = [_Group(factories[i : i + per_worker]) for i in range(0, num_envs, per_worker)]
+            # Workers ignore Ctrl-C: the main process decides when to stop, and closes them after its checkpoint.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self._vec = ProcConcatVec(groups, probe.observation_space, probe.action_space, num_envs * self.n_agents, probe.metadata)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            probe.close()
+        self._closed = False
+
+    def _tensor(self, array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=dtype).reshape(self.num_envs, self.n_agents, *np.shape(array)[1:]).to(self.device)
+
+    def reset(self) -> torch.Tensor:
+        obs, _ = self._vec.reset(seed=0)  # each copy substitutes its own seed
+        return self._tensor(obs)
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        self._vec.step_async(actions.reshape(-1).cpu().numpy())
+
+    def step_wait(self) -> VecStep:
+        obs, rew, term, trunc, infos = self._vec.step_wait()
+        done = (term | trunc).reshape(self.num_envs, self.n_agents).all(axis=1)
+        next_obs = np.array(obs, copy=True)
+        for e in np.flatnonzero(done):
+            for a in range(self.n_agents):
+                k = e * self.n_agents + a
+                next_obs[k] = infos[k]["terminal_observation"]
+        return VecStep(
+            obs=self._tensor(obs),
+            next_obs=self._tensor(next_obs),
+            reward=self._tensor(rew),
+            terminated=self._tensor(term, torch.bool),
+            truncated=self._tensor(trunc, torch.bool),
+            alive=torch.ones(self.num_envs, self.n_agents, dtype=torch.bool, device=self.device),
+            episode_end=torch.as_tensor(done, device=self.device),
+        )
+
+    def step(self, actions: torch.Tensor) -> VecStep:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._vec.close()

@@ -1,0 +1,291 @@
+"""The training loop: step environments, hand transitions to the algorithm, update, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from marlrun.algos.base import Algorithm, check_compatible
+from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from marlrun.config import validate
+from marlrun.errors import UserError
+from marlrun.metrics import MeanTracker, MetricWriter
+
+console = Console(stderr=True)
+SUMMARY_FILE = "summary.json"
+
+
+# ---------------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"hardware.device={name} but torch sees no CUDA GPU here; use hardware=cpu (or hardware=auto)")
+        index = torch.device(name).index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"hardware.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
+
+
+def next_multiple(step: int, interval: int) -> int:
+    """The first multiple of ``interval`` after ``step``: when the next log, evaluation or checkpoint is due."""
+    return (step // interval + 1) * interval
+
+
+def torch_threads(hardware: DictConfig) -> int:
+    """Explicit setting, else the cores the environment workers leave free (at least 1, at most 4)."""
+    if hardware.torch_threads:
+        return hardware.torch_threads
+    return max(1, min(4, (os.cpu_count() or 1) - hardware.env_workers))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def env_seed(seed: int, stream: int) -> int:
+    """Seed for an environment stream: 0 = training, 1 = evaluation, 2+k = training after the k-th resume."""
+    return seed if stream == 0 else int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def make_env(cfg: DictConfig, num_envs: int, seed: int, device: torch.device):
+    return instantiate(cfg.env, num_envs=num_envs, num_workers=cfg.hardware.env_workers, seed=seed, device=device)
+
+
+def config_tree(cfg: DictConfig) -> Tree:
+    tree = Tree("[bold]config")
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            branch = tree.add(f"[bold cyan]{key}")
+            for k, v in value.items():
+                branch.add(f"{k}: {v}")
+        else:
+            tree.add(f"{key}: {value}")
+    return tree
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks, so the run can stop with a checkpoint."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluate(algo: Algorithm, env, env_steps: int) -> dict[str, float]:
+    """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed); mean return and length."""
+    names = env.spec.agent_names
+    obs = env.reset()
+    returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
+    lengths = torch.zeros(env.num_envs, device=obs.device)
+    running = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
+    while running.any():
+        step = env.step(algo.act(obs, env_steps, greedy=True))
+        returns += step.reward * running[:, None]
+        lengths += running
+        running &= ~step.episode_end
+        obs = step.obs
+    per_agent = returns.mean(0)
+    return {
+        "eval/episode_return": per_agent.mean().item(),
+        **{f"eval/episode_return/{n}": per_agent[i].item() for i, n in enumerate(names)},
+        "eval/episode_length": lengths.mean().item(),
+    }
+
+
+# ---------------------------------------------------------------------------- the loop
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train as ``cfg`` says, writing everything into ``run_dir``; returns the summary."""
+    run_dir = Path(run_dir)
+    validate(cfg)
+    device = resolve_device(cfg.hardware.device)
+    torch.set_num_threads(torch_threads(cfg.hardware))
+    algo_cls = get_class(cfg.algo._target_)
+
+    checkpoint = None
+    if cfg.resume:
+        paths = checkpoint_paths(run_dir)
+        if not paths:
+            raise UserError(f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead")
+        checkpoint = load_checkpoint(paths[-1], map_location=device)
+    resumes = checkpoint["resumes"] + 1 if checkpoint else 0
+
+    if cfg.print_config and not checkpoint:
+        console.print(config_tree(cfg))
+    seed_everything(cfg.seed)
+    env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
+    eval_env = None
+    writer = None
+    try:
+        check_compatible(algo_cls, env.spec)
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed)
+
+        E = env.num_envs
+        env_steps = 0
+        tracker, recent = MeanTracker(), deque(maxlen=20)
+        evals: list[dict] = []
+        wall_before = 0.0
+        if checkpoint:
+            algo.load_state_dict(checkpoint["algo"])
+            env_steps = checkpoint["env_steps"]
+            tracker.load_state_dict(checkpoint["tracker"])
+            recent.extend(checkpoint["recent_returns"])
+            evals = list(checkpoint["evals"])
+            wall_before = checkpoint["wall_time"]
+            torch.set_rng_state(checkpoint["torch_rng"])
+            console.print(f"[bold]resuming[/] {run_dir} from env step {env_steps:,}")
+        writer = MetricWriter(run_dir, resume_step=env_steps if checkpoint else None)
+
+        names = env.spec.agent_names
+        ep_return = torch.zeros(E, env.spec.n_agents, device=device)
+        ep_length = torch.zeros(E, device=device)
+
+        def state(wall: float) -> dict:
+            return {
+                "algo": algo.state_dict(include_replay=cfg.save_replay),
+                "env_steps": env_steps,
+                "tracker": tracker.state_dict(), "recent_returns": list(recent), "evals": evals,
+                "wall_time": wall, "resumes": resumes, "torch_rng": torch.get_rng_state(),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+
+        def run_eval() -> dict[str, float]:
+            nonlocal eval_env
+            if eval_env is None:
+                eval_env = make_env(cfg, cfg.eval_episodes, env_seed(cfg.seed, 1), device)
+            result = evaluate(algo, eval_env, env_steps)
+            evals.append({"step": env_steps, **result})
+            return result
+
+        next_log, next_ckpt = next_multiple(env_steps, cfg.log_interval), next_multiple(env_steps, cfg.checkpoint_interval)
+        next_eval = next_multiple(env_steps, cfg.eval_interval) if cfg.eval_interval > 0 else None
+        obs = env.reset()
+        start = time.perf_counter()
+        interval_start, interval_steps, interval_updates = start, 0, algo.gradient_steps
+        stopped = None
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
+            TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=not cfg.progress, refresh_per_second=4,
+        )
+        with StopSignal() as stop, progress:
+            task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=env_steps, speed="-", ret="-")
+            while env_steps < cfg.total_steps:
+                actions = algo.act(obs, env_steps)
+                env.step_async(actions)  # the workers step while this process learns
+                update_metrics = algo.update(env_steps)
+                step = env.step_wait()
+                tracker.add(algo.observe(obs, actions, step))
+                tracker.add(update_metrics)
+                obs = step.obs
+                env_steps += E
+                interval_steps += E
+
+                ep_return += step.reward
+                ep_length += 1
+                if step.episode_end.any():
+                    done = step.episode_end
+                    for r, length in zip(ep_return[done].tolist(), ep_length[done].tolist()):
+                        tracker.add({"train/episode_return": sum(r) / len(r), "train/episode_length": length,
+                                     **{f"train/episode_return/{n}": r[i] for i, n in enumerate(names)}})
+                        recent.append(sum(r) / len(r))
+                    ep_return[done] = 0.0
+                    ep_length[done] = 0.0
+
+                finished = env_steps >= cfg.total_steps
+                if env_steps >= next_log or finished:
+                    now = time.perf_counter()
+                    scalars = tracker.pop()
+                    scalars["train/epsilon"] = algo.epsilon(env_steps) if hasattr(algo, "epsilon") else float("nan")
+                    scalars["perf/steps_per_sec"] = interval_steps / (now - interval_start)
+                    scalars["perf/updates_per_sec"] = (algo.gradient_steps - interval_updates) / (now - interval_start)
+                    periodic = next_eval is not None and env_steps >= next_eval
+                    if cfg.eval_episodes > 0 and (periodic or finished):
+                        scalars.update(run_eval())
+                        if periodic:
+                            next_eval = next_multiple(env_steps, cfg.eval_interval)
+                    writer.write(env_steps, scalars)
+                    next_log = next_multiple(env_steps, cfg.log_interval)
+                    interval_start, interval_steps, interval_updates = time.perf_counter(), 0, algo.gradient_steps
+                    progress.update(task, speed=f"{scalars['perf/steps_per_sec']:,.0f}")
+                if env_steps >= next_ckpt:
+                    save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
+                    next_ckpt = next_multiple(env_steps, cfg.checkpoint_interval)
+                progress.update(task, completed=env_steps, ret=f"{recent[-1]:.2f}" if recent else "-")
+                if stop.received:
+                    stopped = stop.received
+                    break
+
+            wall = wall_before + time.perf_counter() - start
+            save_checkpoint(run_dir, env_steps, state(wall), cfg.keep_checkpoints)
+
+        summary = {
+            "status": f"stopped by {stopped}" if stopped else "finished",
+            "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
+            "env_steps": env_steps, "total_steps": cfg.total_steps, "wall_time_s": round(wall, 2),
+            "steps_per_sec": round(env_steps / wall, 1) if wall > 0 else None,
+            "final_train_return": float(np.mean(list(recent))) if recent else None,
+            "final_eval_return": evals[-1]["eval/episode_return"] if evals else None,
+            "best_eval_return": max(e["eval/episode_return"] for e in evals) if evals else None,
+            "evaluations": evals, "run_dir": str(run_dir.resolve()),
+        }
+        tmp = run_dir / f".{SUMMARY_FILE}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, run_dir / SUMMARY_FILE)
+        print_summary(summary)
+        if stopped:
+            console.print(f"[yellow]stopped by {stopped}[/] at env step {env_steps:,}; continue with: marlrun train resume={run_dir}")
+        return summary
+    finally:
+        if writer is not None:
+            writer.close()
+        env.close()
+        if eval_env is not None:
+            eval_env.close()
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {summary['status']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def fmt(value):
+        return "-" if value is None else f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+    for key in ("env_steps", "wall_time_s", "steps_per_sec", "final_train_return", "final_eval_return", "best_eval_return", "run_dir"):
+        table.add_row(key, fmt(summary[key]))
+    console.print(table)

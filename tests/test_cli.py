@@ -1,0 +1,98 @@
+"""Mistakes get one clear line on stderr, a non-zero exit and no traceback; nothing written is lost."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_PURSUIT, run_cli, run_dirs
+
+TINY = [*SMALL_PURSUIT, "total_steps=200", "log_interval=100", "eval_episodes=0", "algo.buffer_size=500", "algo.learning_starts=100"]
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("marlrun: error:")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["algo=nonexistent"], ["algo/nonexistent", "super_ddqn"]),
+    (["env=nowhere"], ["env/nowhere", "pursuit"]),
+    (["algo.bandwidth=1.5"], ["algo.bandwidth", "(0, 1]"]),
+    (["algo.bandwidth=0"], ["algo.bandwidth"]),
+    (["algo.window=0"], ["algo.window", ">= 1"]),
+    (["total_steps=-10"], ["total_steps", ">= 0"]),
+    (["algo.bandwith=0.2"], ["bandwith"]),
+    (["algo.window=wide"], ["window"]),
+    (["algo.sharing=some"], ["algo.sharing", "quantile"]),
+    (["hardware=cuda"], ["hardware.device=cuda", "hardware=cpu"]),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needles):
+    result = run_cli("train", *TINY, *args, cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+
+
+def test_unknown_command(tmp_path):
+    assert_one_line_error(run_cli("trian", cwd=tmp_path), "unknown command 'trian'")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_cli("train", *TINY, f"hydra.run.dir={locked}/run", cwd=tmp_path)
+    assert_one_line_error(result, "cannot write", "hydra.run.dir")
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    result = run_cli("train", *TINY, f"hydra.run.dir={blocker}/run", cwd=tmp_path)
+    assert_one_line_error(result, "cannot write", "hydra.run.dir")
+    assert blocker.read_text() == "keep me"
+
+
+def test_resume_errors_and_corrupt_checkpoint_keeps_files(tmp_path):
+    assert_one_line_error(run_cli("train", f"resume={tmp_path / 'missing'}", cwd=tmp_path), "not a marlrun run folder")
+
+    run = tmp_path / "run"
+    done = run_cli("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    checkpoints = sorted((run / "checkpoints").glob("*.pt"))
+    assert checkpoints
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    checkpoints[-1].write_bytes(b"not a checkpoint")
+    before[checkpoints[-1]] = b"not a checkpoint"
+    result = run_cli("train", f"resume={run}", "total_steps=400", cwd=tmp_path)
+    assert_one_line_error(result, "corrupt", checkpoints[-1].name)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing already written was lost or changed
+
+    for p in checkpoints:
+        p.unlink()
+    assert_one_line_error(run_cli("train", f"resume={run}", cwd=tmp_path), "no checkpoint")
+
+
+def test_hydra_features_still_work(tmp_path):
+    job = run_cli("train", "--cfg", "job", "algo.sharing=gaussian", cwd=tmp_path)
+    assert job.returncode == 0 and "sharing: gaussian" in job.stdout
+    helped = run_cli("train", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "algo: super_ddqn" in helped.stdout and "hardware: auto, cpu, cuda" in helped.stdout
+    top = run_cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "train" in top.stdout
+
+
+def test_multirun_makes_a_folder_per_job(tmp_path):
+    result = run_cli("train", "-m", *TINY, "algo.sharing=none,all", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    dirs = run_dirs(tmp_path / "sweep")
+    assert [d.name for d in dirs] == ["0", "1"]
+    for d, sharing in zip(dirs, ["none", "all"]):
+        assert f"sharing: {sharing}" in (d / ".hydra" / "config.yaml").read_text()
+        assert (d / "summary.json").exists() and list(d.glob("events.out.tfevents.*"))

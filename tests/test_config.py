@@ -1,0 +1,71 @@
+"""Every config composes; typos, wrong types and out-of-range values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from marlrun.config import validate
+from marlrun.errors import UserError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("algo", options("algo"))
+@pytest.mark.parametrize("env", options("env"))
+@pytest.mark.parametrize("hardware", options("hardware"))
+def test_every_group_option_composes_and_validates(compose_cfg, algo, env, hardware):
+    cfg = compose_cfg([f"algo={algo}", f"env={env}", f"hardware={hardware}"])
+    assert cfg.algo.name == algo and cfg.env.name == env
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_preset_composes(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    validate(cfg)
+
+
+def test_defaults_are_the_reference_settings(compose_cfg):
+    cfg = compose_cfg()
+    a = cfg.algo
+    assert (a.lr, a.buffer_size, a.target_update_interval, a.rollout_fragment, a.batch_size, a.gamma) == (1.6e-4, 120_000, 1000, 4, 32, 0.99)
+    assert (a.epsilon_start, a.epsilon_end, a.epsilon_decay_steps, a.learning_starts, a.max_grad_norm) == (0.1, 0.001, 100_000, 1000, 40.0)
+    assert (a.per_alpha, a.per_beta, a.per_eps, a.prioritized) == (0.6, 0.4, 1e-6, True)
+    assert (a.sharing, a.bandwidth, a.window) == ("quantile", 0.1, 1500)
+    e = cfg.env
+    assert (e.x_size, e.y_size, e.n_pursuers, e.n_evaders, e.obs_range, e.n_catch, e.max_cycles) == (16, 16, 8, 30, 7, 2, 500)
+
+
+def test_misspelled_key_names_the_key(compose_cfg):
+    with pytest.raises(Exception) as info:
+        compose_cfg(["algo.bandwith=0.2"])
+    assert "bandwith" in str(info.value) + str(info.value.__cause__)
+
+
+def test_wrong_type_names_the_key(compose_cfg):
+    with pytest.raises(Exception) as info:
+        compose_cfg(["algo.window=many"])
+    assert "window" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algo.bandwidth=0", "algo.bandwidth"),
+    ("algo.bandwidth=1.5", "algo.bandwidth"),
+    ("algo.window=0", "algo.window"),
+    ("total_steps=-5", "total_steps"),
+    ("algo.sharing=sometimes", "algo.sharing"),
+    ("hardware.num_envs=0", "hardware.num_envs"),
+    ("env.obs_range=4", "env.obs_range"),
+])
+def test_out_of_range_values_name_the_key(compose_cfg, override, key):
+    cfg = compose_cfg([override])
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_bandwidth_one_is_allowed(compose_cfg):
+    validate(compose_cfg(["algo.bandwidth=1.0"]))

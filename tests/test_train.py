@@ -1,0 +1,102 @@
+"""End to end: run folders, TensorBoard and metrics.jsonl agree, determinism, interrupt and resume."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import SMALL_PURSUIT, run_cli
+from marlrun.checkpoint import checkpoint_paths, load_checkpoint
+from marlrun.metrics import read_metrics
+from marlrun.runner import train
+
+SHORT = [*SMALL_PURSUIT, "total_steps=600", "log_interval=200", "eval_interval=400", "eval_episodes=2",
+         "checkpoint_interval=400", "algo.buffer_size=1000", "algo.learning_starts=200"]
+
+
+def scalars_without_timing(records):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def test_run_folder_holds_tensorboard_events_matching_metrics_jsonl(compose_cfg, tmp_path):
+    summary = train(compose_cfg(SHORT), tmp_path)
+    assert summary["status"] == "finished" and summary["env_steps"] == 600
+    assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == 600
+    assert len(checkpoint_paths(tmp_path)) == 2  # keep_checkpoints
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [200, 400, 600]
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"train/episode_return", "train/episode_return/pursuer_0", "train/episode_return/pursuer_1", "train/episode_length",
+                "train/loss", "train/td_error", "train/epsilon", "sharing/fraction", "sharing/fraction/pursuer_0",
+                "sharing/fraction/pursuer_1", "perf/steps_per_sec", "perf/updates_per_sec", "eval/episode_return",
+                "eval/episode_return/pursuer_0", "eval/episode_length"}
+    assert expected <= tags, expected - tags
+    for record in records:
+        for key, value in record.items():
+            if key == "step":
+                continue
+            logged = {e.step: e.value for e in events.Scalars(key)}
+            assert logged[record["step"]] == pytest.approx(value, rel=1e-6), key
+    assert [r["step"] for r in records if "eval/episode_return" in r] == [400, 600]
+
+
+def test_same_seed_same_metrics_different_seed_different(compose_cfg, tmp_path):
+    runs = {}
+    for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
+        train(compose_cfg([*SHORT, f"seed={seed}"]), tmp_path / name)
+        runs[name] = scalars_without_timing(read_metrics(tmp_path / name))
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_same_seed_same_metrics_with_worker_processes(compose_cfg, tmp_path):
+    overrides = [*SHORT, "hardware.env_workers=2", "eval_episodes=0"]
+    train(compose_cfg(overrides), tmp_path / "a")
+    train(compose_cfg(overrides), tmp_path / "b")
+    assert scalars_without_timing(read_metrics(tmp_path / "a")) == scalars_without_timing(read_metrics(tmp_path / "b"))
+
+
+def test_sigint_leaves_a_checkpoint_and_resume_finishes_without_gaps(tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL_PURSUIT, "total_steps=3000", "log_interval=100", "eval_episodes=0", "checkpoint_interval=100000",
+            "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
+    import subprocess, sys, os
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(read_metrics(run)) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume=" in err
+    paths = checkpoint_paths(run)
+    assert len(paths) == 1
+    state = load_checkpoint(paths[-1])
+    stopped_at = state["env_steps"]
+    assert 400 <= stopped_at < 3000
+
+    resumed = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == list(range(100, 3001, 100))  # nothing missing, nothing twice
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 3000
+    assert "overrides.yaml" in {p.name for p in (run / ".hydra").iterdir()}  # the original .hydra/ is kept
+
+    extended = run_cli("train", f"resume={run}", "total_steps=3400", cwd=tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    assert [r["step"] for r in read_metrics(run)][-4:] == [3100, 3200, 3300, 3400]
+
+
+def test_checkpoint_holds_only_tensors_and_plain_data(compose_cfg, tmp_path):
+    train(compose_cfg(SHORT), tmp_path)
+    state = torch.load(checkpoint_paths(tmp_path)[-1], weights_only=True)
+    assert state["env_steps"] == 600 and "q" in state["algo"] and "replay" in state["algo"]
