@@ -152,7 +152,7 @@ class RunConfig:
     eval_interval: int = 50_000  # env steps between greedy evaluations; 0 = only at the end
     eval_episodes: int = 10  # greedy episodes per evaluation; 0 = no evaluation
     checkpoint_interval: int = 50_000  # env steps between checkpoints (one is also written at the end and on interrupt)
-    keep_checkpoints: int = 2  # newest checkpoints kept in checkpoints/
+    keep_checkpoints: int = 1  # newest checkpoints kept in checkpoints/
     save_replay: bool = True  # put the replay buffers in checkpoints, so a resumed run continues exactly
     resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`
     progress: bool = True  # rich progress bar

@@ -204,13 +204,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         )
         with StopSignal() as stop, progress:
             task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=env_steps, speed="-", ret="-")
+            unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
             while env_steps < cfg.total_steps:
                 actions = algo.act(obs, env_steps)
-                env.step_async(actions)  # the workers step while this process learns
-                update_metrics = algo.update(env_steps)
+                env.step_async(actions)  # environment workers step while this process observes and learns
+                if unobserved:
+                    tracker.add(algo.observe(*unobserved))
+                tracker.add(algo.update(env_steps))
                 step = env.step_wait()
-                tracker.add(algo.observe(obs, actions, step))
-                tracker.add(update_metrics)
+                unobserved = (obs, actions, step)
                 obs = step.obs
                 env_steps += E
                 interval_steps += E
@@ -227,6 +229,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     ep_length[done] = 0.0
 
                 finished = env_steps >= cfg.total_steps
+                if finished or stop.received or env_steps >= min(next_log, next_ckpt):
+                    tracker.add(algo.observe(*unobserved))  # so logs and checkpoints see every step
+                    unobserved = None
                 if env_steps >= next_log or finished:
                     now = time.perf_counter()
                     scalars = tracker.pop()

@@ -26,7 +26,7 @@ def test_run_folder_holds_tensorboard_events_matching_metrics_jsonl(compose_cfg,
     summary = train(compose_cfg(SHORT), tmp_path)
     assert summary["status"] == "finished" and summary["env_steps"] == 600
     assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == 600
-    assert len(checkpoint_paths(tmp_path)) == 2  # keep_checkpoints
+    assert len(checkpoint_paths(tmp_path)) == 1  # keep_checkpoints
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [200, 400, 600]
 
