@@ -241,14 +241,14 @@ class AgentReplay:
             "alpha": self.alpha,
             "beta": self.beta,
             "eps": self.eps,
-            "ptr": self.ptr.clone(),
-            "size": self.size.clone(),
-            "max_priority": self.max_priority.clone(),
+            "ptr": self.ptr,
+            "size": self.size,
+            "max_priority": self.max_priority,
         }
         for name in _FIELDS:
-            state[name] = getattr(self, name).clone()
+            state[name] = getattr(self, name)
         if self.prioritized:
-            state["tree"] = self.tree.clone()
+            state["tree"] = self.tree
         return state
 
     def load_state_dict(self, state: dict[str, Tensor | int | float]) -> None:

@@ -160,7 +160,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         evals: list[dict] = []
         wall_before = 0.0
         if checkpoint:
-            algo.load_state_dict(checkpoint["algo"])
+            try:
+                algo.load_state_dict(checkpoint["algo"])
+            except (KeyError, ValueError, RuntimeError) as exc:
+                raise UserError(f"resume: the checkpoint in {run_dir / 'checkpoints'} does not fit this config "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); resume without changing algo or env keys") from None
             env_steps = checkpoint["env_steps"]
             tracker.load_state_dict(checkpoint["tracker"])
             recent.extend(checkpoint["recent_returns"])

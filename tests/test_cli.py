@@ -67,6 +67,9 @@ def test_resume_errors_and_corrupt_checkpoint_keeps_files(tmp_path):
     assert checkpoints
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
+    mismatch = run_cli("train", f"resume={run}", "algo.buffer_size=300", "total_steps=400", cwd=tmp_path)
+    assert_one_line_error(mismatch, "does not fit this config")
+
     checkpoints[-1].write_bytes(b"not a checkpoint")
     before[checkpoints[-1]] = b"not a checkpoint"
     result = run_cli("train", f"resume={run}", "total_steps=400", cwd=tmp_path)
