@@ -30,7 +30,7 @@ class HardwareConfig:
 
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = the cores env workers leave free (1 to 4)
-    num_envs: int = 2  # parallel environment copies stepped together (each step counts num_envs env steps)
+    num_envs: int = 4  # parallel environment copies stepped together (each step counts num_envs env steps)
     env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process
 
     def __post_init__(self) -> None:

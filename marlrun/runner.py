@@ -202,7 +202,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         interval_start, interval_steps, interval_updates = start, 0, algo.gradient_steps
         stopped = None
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, disable=not cfg.progress, refresh_per_second=4,
         )
@@ -290,7 +290,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 def print_summary(summary: dict) -> None:
     table = Table(title=f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): {summary['status']}")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
 
     def fmt(value):
         return "-" if value is None else f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)

@@ -1,7 +1,10 @@
 """End to end: run folders, TensorBoard and metrics.jsonl agree, determinism, interrupt and resume."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,7 +70,6 @@ def test_sigint_leaves_a_checkpoint_and_resume_finishes_without_gaps(tmp_path):
     run = tmp_path / "run"
     args = [*SMALL_PURSUIT, "total_steps=3000", "log_interval=100", "eval_episodes=0", "checkpoint_interval=100000",
             "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
-    import subprocess, sys, os
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
