@@ -31,7 +31,9 @@ def fail(message: str) -> int:
 
 def _hydra_message(exc: BaseException) -> str:
     """One line from a Hydra/OmegaConf composition error and its cause."""
-    from omegaconf.errors import OmegaConfBaseException
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     def first(e: BaseException) -> str:
         text = str(e).strip()
@@ -39,12 +41,15 @@ def _hydra_message(exc: BaseException) -> str:
             text = text.split("\n    full_key:")[0]
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
-    text = first(exc)
     cause = exc.__cause__
-    if cause is not None and str(cause).strip() and first(cause) not in text:
+    unknown = re.match(r"Could not override '([^']+)'", str(exc))
+    if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return f"unknown config key '{unknown.group(1)}' ({first(cause)}); `marlrun train --cfg job` lists every key"
+    text = first(exc)
+    if "Could not find" in text:  # unknown group option: keep the options, drop Hydra's search path
+        text = text.split(" Config search path:")[0].replace(" Available options in", "; available options in")
+    elif cause is not None and str(cause).strip() and first(cause) not in text:
         text = f"{text}: {first(cause)}"
-    if "Could not find" in text or "Could not load" in text:
-        text = text.replace("Available options in", "; available options in")
     return text
 
 
@@ -69,6 +74,16 @@ def _resume_args(args: list[str]) -> list[str] | str:
     ]
 
 
+def _remove_if_never_started(run_dir: Path, resume) -> None:
+    """A new run folder that holds only what Hydra wrote before the run was refused is removed."""
+    import shutil
+
+    if resume or not run_dir.is_dir():
+        return
+    if all(p.name == ".hydra" or (p.suffix == ".log" and p.stat().st_size == 0) for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+
+
 def train_main(args: list[str]) -> int:
     args = _resume_args(args)
     if isinstance(args, str):
@@ -91,10 +106,12 @@ def train_main(args: list[str]) -> int:
 
         from marlrun.runner import train
 
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            summary = train(cfg, HydraConfig.get().runtime.output_dir)
+            summary = train(cfg, run_dir)
         except UserError as exc:  # reported after Hydra returns, as one line
             outcome["error"] = str(exc)
+            _remove_if_never_started(run_dir, cfg.resume)
             return
         outcome["stopped"] = summary["status"].startswith("stopped")
 

@@ -9,6 +9,7 @@ config into dataclass objects, before anything is built or written.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -176,8 +177,22 @@ def register_configs() -> None:
     cs.store(group="schema/algo", name="super_ddqn", node=SuperDDQNConfig)
 
 
+def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
+    """Keys added with Hydra's `+key=value` that no schema knows would be ignored silently: refuse them."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        full = f"{path}{key}"
+        if known is not None and key not in known:
+            raise UserError(f"unknown config key '{full}'; `marlrun train --cfg job` lists every key")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing():
+            _reject_unknown_keys(child, f"{full}.")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Run every schema's range checks (their ``__post_init__``); raises UserError naming the first bad key."""
+    """Reject unknown keys, then run every schema's range checks (their ``__post_init__``); raises UserError naming the first bad key."""
+    _reject_unknown_keys(cfg)
     try:
         OmegaConf.to_object(cfg)
     except UserError:

@@ -27,7 +27,8 @@ def assert_one_line_error(result, *needles):
     (["algo.bandwidth=0"], ["algo.bandwidth"]),
     (["algo.window=0"], ["algo.window", ">= 1"]),
     (["total_steps=-10"], ["total_steps", ">= 0"]),
-    (["algo.bandwith=0.2"], ["bandwith"]),
+    (["algo.bandwith=0.2"], ["unknown config key 'algo.bandwith'"]),
+    (["+algo.bandwith=0.2"], ["unknown config key 'algo.bandwith'"]),
     (["algo.window=wide"], ["window"]),
     (["algo.sharing=some"], ["algo.sharing", "quantile"]),
     (["hardware=cuda"], ["hardware.device=cuda", "hardware=cpu"]),
@@ -35,6 +36,7 @@ def assert_one_line_error(result, *needles):
 def test_bad_input_is_one_clear_line(tmp_path, args, needles):
     result = run_cli("train", *TINY, *args, cwd=tmp_path)
     assert_one_line_error(result, *needles)
+    assert not list(tmp_path.rglob("*.yaml"))  # no empty run folder is left behind
 
 
 def test_unknown_command(tmp_path):

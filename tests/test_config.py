@@ -69,3 +69,9 @@ def test_out_of_range_values_name_the_key(compose_cfg, override, key):
 
 def test_bandwidth_one_is_allowed(compose_cfg):
     validate(compose_cfg(["algo.bandwidth=1.0"]))
+
+
+@pytest.mark.parametrize("override, key", [("+foo=1", "foo"), ("+algo.lrr=0.1", "algo.lrr"), ("+hardware.gpus=2", "hardware.gpus")])
+def test_keys_added_with_plus_are_refused(compose_cfg, override, key):
+    with pytest.raises(UserError, match=f"unknown config key '{key}'"):
+        validate(compose_cfg([override]))
