@@ -98,7 +98,7 @@ def clip_grad_norm_per_set(parameters, max_norm: float) -> torch.Tensor:
     Every parameter's first dimension is the set; returns the norms before clipping, [S].
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
