@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, as for `marlrun train`")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to step the raw environment")
     parser.add_argument("--train-steps", type=int, default=4000, help="env steps of training measured after learning starts")
-    parser.add_argument("--json", type=Path, default=Path("bench_pursuit.json"), help="where to write the figures")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/pursuit.json"), help="where to write the figures")
     args = parser.parse_args()
 
     register_configs()
@@ -87,6 +87,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     table.add_row(f"{raw:,.0f}", f"{steps_per_sec:,.0f}", f"{result['train_agent_steps_per_sec']:,.0f}", f"{updates_per_sec:,.1f}", f"{result['train_over_raw']:.0%}")
     Console().print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
 
