@@ -239,7 +239,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if env_steps >= next_log or finished:
                     now = time.perf_counter()
                     scalars = tracker.pop()
-                    scalars["train/epsilon"] = algo.epsilon(env_steps) if hasattr(algo, "epsilon") else float("nan")
+                    scalars.update(algo.schedule(env_steps))
                     scalars["perf/steps_per_sec"] = interval_steps / (now - interval_start)
                     scalars["perf/updates_per_sec"] = (algo.gradient_steps - interval_updates) / (now - interval_start)
                     periodic = next_eval is not None and env_steps >= next_eval

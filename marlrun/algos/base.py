@@ -5,6 +5,7 @@ The runner owns the loop; an algorithm owns its learning:
 - ``act(obs, env_steps, greedy)``: actions [E, A] for observations [E, A, ...].
 - ``observe(obs, actions, step)``: the transitions of one vectorised env step.
 - ``update(env_steps)``: whatever gradient steps are due; returns scalars to log.
+- ``schedule(env_steps)``: the values of its schedules (epsilon...), logged at every log step.
 - ``state_dict()`` / ``load_state_dict()``: tensors and plain data only.
 """
 
@@ -38,7 +39,11 @@ class Algorithm:
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
+    def schedule(self, env_steps: int) -> dict[str, float]:
+        """Scalars of the algorithm's schedules at ``env_steps`` (exploration, temperature...), logged each log step."""
+        return {}
+
+    def state_dict(self, include_replay: bool = True) -> dict:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:

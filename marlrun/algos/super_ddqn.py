@@ -92,6 +92,9 @@ class SuperDDQN(Algorithm):
         frac = min(1.0, env_steps / self.epsilon_decay_steps)
         return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
 
+    def schedule(self, env_steps: int) -> dict[str, float]:
+        return {"train/epsilon": self.epsilon(env_steps)}
+
     def td_error(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
         """Double-DQN TD error, [A, B]: r + gamma * (1 - d) * Q'(s', argmax_a Q(s', a)) - Q(s, a)."""
         q_taken = self._q_values(self.q, obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
