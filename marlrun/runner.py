@@ -23,6 +23,7 @@ from rich.tree import Tree
 from marlrun.algos.base import Algorithm, check_compatible
 from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from marlrun.config import validate
+from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
 from marlrun.metrics import MeanTracker, MetricWriter
 
@@ -215,7 +216,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if unobserved:
                     tracker.add(algo.observe(*unobserved))
                 tracker.add(algo.update(env_steps))
-                step = env.step_wait()
+                try:
+                    step = env.step_wait()
+                except EnvWorkerDied as exc:
+                    if unobserved:
+                        algo.observe(*unobserved)
+                    save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
+                    raise UserError(f"{exc}; the learner was saved at env step {env_steps:,}: continue with marlrun train resume={run_dir}") from None
                 unobserved = (obs, actions, step)
                 obs = step.obs
                 env_steps += E

@@ -102,3 +102,21 @@ def test_checkpoint_holds_only_tensors_and_plain_data(compose_cfg, tmp_path):
     train(compose_cfg(SHORT), tmp_path)
     state = torch.load(checkpoint_paths(tmp_path)[-1], weights_only=True)
     assert state["env_steps"] == 600 and "q" in state["algo"] and "replay" in state["algo"]
+
+
+def test_sigterm_to_the_whole_process_group_with_workers_stops_cleanly(tmp_path):
+    """Schedulers signal every process of a job: env workers must ignore it and let the main process checkpoint."""
+    run = tmp_path / "run"
+    args = [*SMALL_PURSUIT, "hardware.env_workers=1", "total_steps=100000", "log_interval=100", "eval_episodes=0",
+            "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(read_metrics(run)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    assert load_checkpoint(checkpoint_paths(run)[-1])["env_steps"] >= 200

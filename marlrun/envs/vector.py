@@ -20,6 +20,10 @@ from supersuit.vector import ConcatVecEnv, MarkovVectorEnv, ProcConcatVec
 from marlrun.envs.base import EnvSpec, VecStep
 
 
+class EnvWorkerDied(RuntimeError):
+    """A worker process stepping environment copies exited (killed, out of memory...)."""
+
+
 def copy_seed(seed: int, index: int) -> int:
     """An independent seed for environment copy ``index`` of a run seeded with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -97,12 +101,14 @@ class PettingZooVecEnv:
             probe = factories[0]()
             per_worker = -(-num_envs // num_workers)
             groups = [_Group(factories[i : i + per_worker]) for i in range(0, num_envs, per_worker)]
-            # Workers ignore Ctrl-C: the main process decides when to stop, and closes them after its checkpoint.
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Workers ignore Ctrl-C and SIGTERM (sent to the whole process group by terminals and schedulers):
+            # the main process decides when to stop, and closes them after its checkpoint.
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 self._vec = ProcConcatVec(groups, probe.observation_space, probe.action_space, num_envs * self.n_agents, probe.metadata)
             finally:
-                signal.signal(signal.SIGINT, previous)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
             probe.close()
         self._closed = False
 
@@ -117,7 +123,10 @@ class PettingZooVecEnv:
         self._vec.step_async(actions.reshape(-1).cpu().numpy())
 
     def step_wait(self) -> VecStep:
-        obs, rew, term, trunc, infos = self._vec.step_wait()
+        try:
+            obs, rew, term, trunc, infos = self._vec.step_wait()
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            raise EnvWorkerDied(f"an environment worker process of {self.spec.name} died ({type(exc).__name__})") from None
         done = (term | trunc).reshape(self.num_envs, self.n_agents).all(axis=1)
         next_obs = np.array(obs, copy=True)
         for e in np.flatnonzero(done):
