@@ -21,6 +21,17 @@ SHORT = [*SMALL_PURSUIT, "total_steps=600", "log_interval=200", "eval_interval=4
          "checkpoint_interval=400", "algo.buffer_size=1000", "algo.learning_starts=200"]
 
 
+def start_training(args, cwd, run, records, **popen_kwargs):
+    """Start `marlrun train` in a subprocess and return once ``run`` has ``records`` metric records."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs)
+    deadline = time.time() + 120
+    while len(read_metrics(run)) < records and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return proc
+
+
 def scalars_without_timing(records):
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
 
@@ -70,12 +81,7 @@ def test_sigint_leaves_a_checkpoint_and_resume_finishes_without_gaps(tmp_path):
     run = tmp_path / "run"
     args = [*SMALL_PURSUIT, "total_steps=3000", "log_interval=100", "eval_episodes=0", "checkpoint_interval=100000",
             "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while len(read_metrics(run)) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = start_training(args, tmp_path, run, records=4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -109,12 +115,7 @@ def test_sigterm_to_the_whole_process_group_with_workers_stops_cleanly(tmp_path)
     run = tmp_path / "run"
     args = [*SMALL_PURSUIT, "hardware.env_workers=1", "total_steps=100000", "log_interval=100", "eval_episodes=0",
             "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while len(read_metrics(run)) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = start_training(args, tmp_path, run, records=2, start_new_session=True)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
