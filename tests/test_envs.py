@@ -1,4 +1,4 @@
-"""The pursuit adapter against PettingZoo's own pursuit_v5, stepped side by side."""
+"""Environment adapters against the raw libraries, stepped side by side."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import torch
 from pettingzoo.sisl import pursuit_v5
 
 from marlrun.envs.pursuit import make_pursuit
+from marlrun.envs.simple_adversary import make_simple_adversary
 from marlrun.envs.vector import copy_seed
 
 KW = dict(x_size=8, y_size=8, n_pursuers=3, n_evaders=4, obs_range=7, n_catch=2, freeze_evaders=False, surround=True,
@@ -64,3 +65,72 @@ def test_spec():
         assert env.spec.agent_names == ("pursuer_0", "pursuer_1", "pursuer_2")
     finally:
         env.close()
+
+
+# ---------------------------------------------------------------------------- simple_adversary
+ADV = dict(N=2, max_cycles=25, success_radius=0.16)
+
+
+@pytest.mark.parametrize("continuous, workers", [(False, 0), (True, 1)])
+def test_simple_adversary_adapter_matches_the_library(continuous, workers):
+    """Same seeds and actions: the library's own parallel_env (with its checking wrappers) gives the same numbers."""
+    from mpe2 import simple_adversary_v3
+    E, seed, steps = 2, 3, 60  # crosses two automatic resets
+    env = make_simple_adversary(E, workers, seed, continuous_actions=continuous, **ADV)
+    raw = [simple_adversary_v3.parallel_env(N=2, max_cycles=25, continuous_actions=continuous) for _ in range(E)]
+    raw_obs = [r.reset(seed=copy_seed(seed, i))[0] for i, r in enumerate(raw)]
+    names = raw[0].possible_agents
+    sizes = env.spec.agent_obs_sizes
+    assert names == list(env.spec.agent_names) and sizes == (8, 10, 10)
+
+    def padded(o):
+        return np.stack([np.pad(o[n], (0, 10 - len(o[n]))) for n in names])
+
+    try:
+        obs = env.reset()
+        assert obs.shape == (E, 3, 10)
+        rng = np.random.default_rng(0)
+        for t in range(steps):
+            for e in range(E):
+                np.testing.assert_allclose(obs[e].numpy(), padded(raw_obs[e]), rtol=1e-6)
+            actions = rng.random((E, 3, 5)).astype(np.float32) if continuous else rng.integers(0, 5, size=(E, 3))
+            step = env.step(torch.as_tensor(actions))
+            for e, r in enumerate(raw):
+                o, rew, term, trunc, _ = r.step({n: actions[e, i] if continuous else int(actions[e, i]) for i, n in enumerate(names)})
+                np.testing.assert_allclose(step.next_obs[e].numpy(), padded(o), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(step.reward[e].numpy(), [rew[n] for n in names], rtol=1e-5)
+                assert bool(step.episode_end[e]) == all(trunc.values())
+                if all(trunc.values()):
+                    o, _ = r.reset()
+                raw_obs[e] = o
+            obs = step.obs
+    finally:
+        env.close()
+
+
+def test_simple_adversary_game_metrics_match_the_world_state():
+    """Success and distances read from observations agree with the positions inside the library's world."""
+    from mpe2 import simple_adversary_v3
+    from marlrun.envs.simple_adversary import SimpleAdversaryVecEnv, simple_adversary_spec
+    metrics = SimpleAdversaryVecEnv.episode_metrics
+    holder = type("Holder", (), {"success_radius": 0.5})()  # a radius that both succeed and fail below
+    raw = simple_adversary_v3.parallel_env(N=2, max_cycles=25)
+    rng = np.random.default_rng(1)
+    seen = set()
+    for episode in range(30):
+        o, _ = raw.reset(seed=episode)
+        for _ in range(int(rng.integers(1, 25))):
+            o, *_ = raw.step({n: int(rng.integers(0, 5)) for n in raw.agents})
+        world = raw.unwrapped.world
+        goal = world.agents[0].goal_a.state.p_pos
+        good_d = min(np.linalg.norm(a.state.p_pos - goal) for a in world.agents[1:])
+        adv_d = np.linalg.norm(world.agents[0].state.p_pos - goal)
+        obs = torch.as_tensor(np.stack([np.pad(o[n], (0, 10 - len(o[n]))) for n in raw.possible_agents]))[None].float()
+        m = metrics(holder, obs)
+        assert m["game/good_final_distance"].item() == pytest.approx(good_d, abs=1e-5)
+        assert m["game/adversary_final_distance"].item() == pytest.approx(adv_d, abs=1e-5)
+        assert m["game/good_success"].item() == float(good_d < 0.5)
+        assert m["game/adversary_success"].item() == float(adv_d < 0.5)
+        seen.add((good_d < 0.5, adv_d < 0.5))
+    assert len(seen) >= 3  # the episodes cover several outcomes
+    assert simple_adversary_spec(2, False).teams == ("adversary", "good", "good")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 from typing import Callable
 
+import gymnasium
 import numpy as np
 import torch
 from pettingzoo.utils.env import ParallelEnv
@@ -29,21 +30,17 @@ def copy_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-class _SeededCopy(ParallelEnv):
-    """Forwards to a ParallelEnv, replacing the seed SuperSuit passes on reset with this copy's own.
+class ParallelWrapper(ParallelEnv):
+    """Forwards everything to a ParallelEnv; subclasses override what they change."""
 
-    SuperSuit hands worker w's copy j the seed ``seed + w + j``, which repeats
-    across workers; each copy here draws from its own SeedSequence instead.
-    """
-
-    def __init__(self, env: ParallelEnv, seed: int):
-        self.env, self.seed = env, seed
+    def __init__(self, env: ParallelEnv):
+        self.env = env
         self.metadata = env.metadata
         self.possible_agents = env.possible_agents
         self.render_mode = getattr(env, "render_mode", None)
 
     def reset(self, seed=None, options=None):
-        return self.env.reset(seed=None if seed is None else self.seed, options=options)
+        return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):
         return self.env.step(actions)
@@ -67,6 +64,56 @@ class _SeededCopy(ParallelEnv):
 
     def close(self):
         self.env.close()
+
+
+class _SeededCopy(ParallelWrapper):
+    """Replaces the seed SuperSuit passes on reset with this copy's own.
+
+    SuperSuit hands worker w's copy j the seed ``seed + w + j``, which repeats
+    across workers; each copy here draws from its own SeedSequence instead.
+    """
+
+    def __init__(self, env: ParallelEnv, seed: int):
+        super().__init__(env)
+        self.seed = seed
+
+    def reset(self, seed=None, options=None):
+        return self.env.reset(seed=None if seed is None else self.seed, options=options)
+
+
+class PadObservations(ParallelWrapper):
+    """Zero-pads every agent's flat Box observation at the end to the largest one's size.
+
+    SuperSuit's ``pad_observations_v0`` does the same through a parallel -> AEC -> parallel round trip that costs
+    more than stepping a small MPE world; this is a thin parallel wrapper.
+    """
+
+    def __init__(self, env: ParallelEnv):
+        super().__init__(env)
+        spaces = [env.observation_space(a) for a in env.possible_agents]
+        self.size = max(int(np.prod(space.shape)) for space in spaces)
+        low = min(float(np.min(space.low)) for space in spaces)
+        high = max(float(np.max(space.high)) for space in spaces)
+        self._space = gymnasium.spaces.Box(low, high, (self.size,), np.float32)
+
+    def _pad(self, observations: dict) -> dict:
+        out = {}
+        for agent, obs in observations.items():
+            padded = np.zeros(self.size, np.float32)
+            padded[: obs.size] = obs.ravel()
+            out[agent] = padded
+        return out
+
+    def reset(self, seed=None, options=None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._pad(obs), infos
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        return self._pad(obs), rewards, terminations, truncations, infos
+
+    def observation_space(self, agent):
+        return self._space
 
 
 class _CopyFactory:
@@ -120,7 +167,8 @@ class PettingZooVecEnv:
         return self._tensor(obs)
 
     def step_async(self, actions: torch.Tensor) -> None:
-        self._vec.step_async(actions.reshape(-1).cpu().numpy())
+        # discrete: [E, A] -> [E * A]; continuous: [E, A, K] -> [E * A, K]
+        self._vec.step_async(actions.reshape(self.num_envs * self.n_agents, *actions.shape[2:]).cpu().numpy())
 
     def step_wait(self) -> VecStep:
         try:
@@ -142,6 +190,10 @@ class PettingZooVecEnv:
             alive=torch.ones(self.num_envs, self.n_agents, dtype=torch.bool, device=self.device),
             episode_end=torch.as_tensor(done, device=self.device),
         )
+
+    def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Game metrics of finished episodes from their final observations [n, A, ...]: name -> [n]. None by default."""
+        return {}
 
     def step(self, actions: torch.Tensor) -> VecStep:
         self.step_async(actions)

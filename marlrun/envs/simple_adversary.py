@@ -1,0 +1,83 @@
+"""mpe2's simple_adversary_v3 ("physical deception", Lowe et al. 2017).
+
+One adversary and N good agents; N landmarks, one of them the target. Good
+agents know the target, the adversary does not. Agents are
+``adversary_0, agent_0, ..., agent_{N-1}`` in teams ``adversary`` and ``good``.
+
+Observations differ in size (the adversary sees 2N + 2N numbers, a good agent 2
+more: the target's relative position first). They are zero-padded at the end to
+one tensor [envs, agents, 2 + 4N]; ``EnvSpec.agent_obs_sizes`` says how many
+leading entries of each agent's row are real, so algorithms slice them back out.
+
+The game score (the paper's): an episode's final positions decide it. Good
+agents succeed when the closest of them is within ``success_radius`` of the
+target, the adversary when it is. Both distances are read from the good agents'
+final observations: ``goal - p_i`` is the first pair of a good agent's row, and
+``adversary - p_i`` its first "other agent" pair, so ``goal - adversary`` is
+their difference. The observations are exact (MPE adds no noise).
+"""
+
+from __future__ import annotations
+
+import torch
+from mpe2 import simple_adversary_v3
+from pettingzoo.utils.conversions import aec_to_parallel
+
+from marlrun.envs.base import EnvSpec
+from marlrun.envs.vector import PadObservations, PettingZooVecEnv
+
+
+class SimpleAdversaryFactory:
+    """Picklable constructor of simple_adversary_v3 as a parallel env, observations padded to one size.
+
+    Built from the library's ``raw_env`` without its argument-checking wrappers (marlrun's actions are always in
+    bounds), which are most of the cost of a step of a world this small: about 5,300 steps/s against 2,900.
+    """
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self):
+        return PadObservations(aec_to_parallel(simple_adversary_v3.raw_env(**self.kwargs)))
+
+
+def simple_adversary_spec(N: int, continuous_actions: bool, name: str = "simple_adversary") -> EnvSpec:
+    good_size, adversary_size = 2 + 4 * N, 4 * N
+    return EnvSpec(
+        name=name,
+        agent_names=("adversary_0", *(f"agent_{i}" for i in range(N))),
+        obs_shape=(good_size,),
+        n_actions=5,  # no-op, left, right, down, up (continuous: the strength of each)
+        teams=("adversary", *("good",) * N),
+        discrete_actions=not continuous_actions,
+        homogeneous=False,
+        agent_obs_sizes=(adversary_size, *(good_size,) * N),
+        action_bounds=(0.0, 1.0),
+    )
+
+
+class SimpleAdversaryVecEnv(PettingZooVecEnv):
+    def __init__(self, *args, success_radius: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.success_radius = success_radius
+
+    def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        good = final_obs[:, 1:]  # [n, N, 2 + 4N]
+        n_landmarks = good.shape[1]
+        to_goal = good[..., 0:2]  # goal - p_i
+        adversary = good[..., 2 + 2 * n_landmarks : 4 + 2 * n_landmarks]  # adversary - p_i
+        good_distance = torch.linalg.vector_norm(to_goal, dim=-1).min(1).values
+        adversary_distance = torch.linalg.vector_norm(to_goal[:, 0] - adversary[:, 0], dim=-1)
+        return {
+            "game/good_success": (good_distance < self.success_radius).float(),
+            "game/adversary_success": (adversary_distance < self.success_radius).float(),
+            "game/good_final_distance": good_distance,
+            "game/adversary_final_distance": adversary_distance,
+        }
+
+
+def make_simple_adversary(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "simple_adversary", *,
+                          N: int, max_cycles: int, continuous_actions: bool, success_radius: float) -> SimpleAdversaryVecEnv:
+    spec = simple_adversary_spec(N, continuous_actions, name)
+    factory = SimpleAdversaryFactory(N=N, max_cycles=max_cycles, continuous_actions=continuous_actions)
+    return SimpleAdversaryVecEnv(factory, spec, num_envs, num_workers, seed, device, success_radius=success_radius)
