@@ -107,25 +107,34 @@ class StopSignal:
 
 
 # ---------------------------------------------------------------------------- evaluation
+def episode_scalars(env, returns: torch.Tensor, lengths: torch.Tensor, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-episode scalars of ``n`` finished episodes, name -> [n]: mean and per-agent return, length,
+    each team's mean return (when there are several teams), and the environment's game metrics."""
+    spec = env.spec
+    out = {"episode_return": returns.mean(1), "episode_length": lengths}
+    out.update({f"episode_return/{name}": returns[:, i] for i, name in enumerate(spec.agent_names)})
+    if len(spec.team_names) > 1:
+        out.update({f"team_return/{team}": returns[:, spec.team_members(team)].mean(1) for team in spec.team_names})
+    out.update(env.episode_metrics(final_obs))
+    return out
+
+
 def evaluate(algo: Algorithm, env, env_steps: int) -> dict[str, float]:
-    """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed); mean return and length."""
-    names = env.spec.agent_names
+    """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed); the means of ``episode_scalars``."""
     obs = env.reset()
     returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
     lengths = torch.zeros(env.num_envs, device=obs.device)
+    final_obs = torch.zeros_like(obs)
     running = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
     while running.any():
         step = env.step(algo.act(obs, env_steps, greedy=True))
         returns += step.reward * running[:, None]
         lengths += running
+        ended = running & step.episode_end
+        final_obs[ended] = step.next_obs[ended]
         running &= ~step.episode_end
         obs = step.obs
-    per_agent = returns.mean(0)
-    return {
-        "eval/episode_return": per_agent.mean().item(),
-        **{f"eval/episode_return/{n}": per_agent[i].item() for i, n in enumerate(names)},
-        "eval/episode_length": lengths.mean().item(),
-    }
+    return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, final_obs).items()}
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -145,8 +154,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         checkpoint = load_checkpoint(paths[-1], map_location=device)
     resumes = checkpoint["resumes"] + 1 if checkpoint else 0
 
-    if cfg.print_config and not checkpoint:
-        console.print(config_tree(cfg))
     seed_everything(cfg.seed)
     env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
     eval_env = None
@@ -154,6 +161,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     try:
         check_compatible(algo_cls, env.spec)
         algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed)
+        if cfg.print_config and not checkpoint:  # once the config is known to make sense
+            console.print(config_tree(cfg))
 
         E = env.num_envs
         env_steps = 0
@@ -175,7 +184,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             console.print(f"[bold]resuming[/] {run_dir} from env step {env_steps:,}")
         writer = MetricWriter(run_dir, resume_step=env_steps if checkpoint else None)
 
-        names = env.spec.agent_names
         ep_return = torch.zeros(E, env.spec.n_agents, device=device)
         ep_length = torch.zeros(E, device=device)
 
@@ -232,10 +240,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 ep_length += 1
                 if step.episode_end.any():
                     done = step.episode_end
-                    for r, length in zip(ep_return[done].tolist(), ep_length[done].tolist()):
-                        tracker.add({"train/episode_return": sum(r) / len(r), "train/episode_length": length,
-                                     **{f"train/episode_return/{n}": r[i] for i, n in enumerate(names)}})
-                        recent.append(sum(r) / len(r))
+                    episodes = {f"train/{k}": v.tolist() for k, v in episode_scalars(env, ep_return[done], ep_length[done], step.next_obs[done]).items()}
+                    for i in range(int(done.sum())):
+                        tracker.add({key: values[i] for key, values in episodes.items()})
+                        recent.append(episodes["train/episode_return"][i])
                     ep_return[done] = 0.0
                     ep_length[done] = 0.0
 
@@ -302,6 +310,11 @@ def print_summary(summary: dict) -> None:
     def fmt(value):
         return "-" if value is None else f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
-    for key in ("env_steps", "wall_time_s", "steps_per_sec", "final_train_return", "final_eval_return", "best_eval_return", "run_dir"):
+    for key in ("env_steps", "wall_time_s", "steps_per_sec", "final_train_return", "final_eval_return", "best_eval_return"):
         table.add_row(key, fmt(summary[key]))
+    last_eval = summary["evaluations"][-1] if summary["evaluations"] else {}
+    for key, value in last_eval.items():  # teams and game scores of the final evaluation
+        if key.startswith(("eval/team_return/", "eval/game/")):
+            table.add_row(f"final {key}", fmt(value))
+    table.add_row("run_dir", summary["run_dir"])
     console.print(table)
