@@ -77,6 +77,23 @@ class PursuitConfig:
         _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
 
 
+@dataclass
+class SimpleAdversaryConfig:
+    """mpe2 simple_adversary_v3 (physical deception): 1 adversary against N good agents, N landmarks."""
+
+    _target_: str = "marlrun.envs.simple_adversary.make_simple_adversary"
+    name: str = "simple_adversary"
+    N: int = 2  # good agents, and landmarks
+    max_cycles: int = 25  # steps before truncation
+    continuous_actions: bool = False  # False: Discrete(5); True: Box(0, 1, (5,)), the strength of each move
+    success_radius: float = 0.16  # game score: a side succeeds when it ends this close to the target (2 landmark radii)
+
+    def __post_init__(self) -> None:
+        _require(self.N >= 1, "env.N", f"must be >= 1, got {self.N}")
+        _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        _require(self.success_radius > 0, "env.success_radius", "must be > 0")
+
+
 # --------------------------------------------------------------------------- algorithms
 SHARING = ("none", "all", "quantile", "gaussian", "stochastic")
 
@@ -139,6 +156,46 @@ class SuperDDQNConfig:
         _require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
 
 
+CRITICS = ("maddpg", "ddpg")
+
+
+@dataclass
+class MADDPGConfig:
+    """MADDPG (Lowe et al., 2017). Defaults are the reference settings (openai/maddpg) for the MPE games."""
+
+    _target_: str = "marlrun.algos.maddpg.MADDPG"
+    name: str = "maddpg"
+    critic: str = "maddpg"  # every agent's critic: maddpg (all observations and actions) | ddpg (its own only)
+    ddpg_teams: list[str] = field(default_factory=list)  # teams whose agents use a ddpg critic anyway, e.g. [adversary]
+    actor_lr: float = 1e-2  # Adam learning rate of the actors
+    critic_lr: float = 1e-2  # Adam learning rate of the critics
+    gamma: float = 0.95  # discount
+    tau: float = 0.01  # polyak averaging rate of the target networks
+    batch_size: int = 1024  # joint transitions per update
+    buffer_size: int = 1_000_000  # joint transitions in replay
+    learning_starts: int = 25_600  # env steps (transitions) in replay before the first update (1024 x 25)
+    update_interval: int = 100  # env steps between update rounds (one critic and one actor step per agent)
+    max_grad_norm: float = 0.5  # gradient norm clip, per agent and network
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actors and critics
+    actor_reg: float = 1e-3  # weight of mean(logits^2) in the actor loss
+    gumbel_temperature: float = 1.0  # discrete actions: Gumbel-softmax temperature
+    gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones
+    noise_std: float = 0.1  # continuous actions: exploration noise, as a fraction of the action range
+
+    def __post_init__(self) -> None:
+        _require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
+        for key in ("actor_lr", "critic_lr", "max_grad_norm", "gumbel_temperature"):
+            _require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        _require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        _require(0.0 < self.tau <= 1.0, "algo.tau", "must be in (0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval"):
+            _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
+        _require(self.actor_reg >= 0, "algo.actor_reg", "must be >= 0")
+        _require(self.noise_std >= 0, "algo.noise_std", "must be >= 0")
+
+
 # --------------------------------------------------------------------------- the run
 @dataclass
 class RunConfig:
@@ -174,7 +231,9 @@ def register_configs() -> None:
     # Under schema/ so that they do not show up as options of the algo/env/hardware groups.
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
     cs.store(group="schema/env", name="pursuit", node=PursuitConfig)
+    cs.store(group="schema/env", name="simple_adversary", node=SimpleAdversaryConfig)
     cs.store(group="schema/algo", name="super_ddqn", node=SuperDDQNConfig)
+    cs.store(group="schema/algo", name="maddpg", node=MADDPGConfig)
 
 
 def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:

@@ -103,3 +103,14 @@ def clip_grad_norm_per_set(parameters, max_norm: float) -> torch.Tensor:
     for g in grads:
         g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
     return norms
+
+
+class SetMLP(nn.Sequential):
+    """[S, B, in] -> [S, B, out]: ``len(hidden)`` ReLU layers, then a linear output, per weight set."""
+
+    def __init__(self, n_sets: int, in_features: int, hidden: list[int], out_features: int):
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [SetLinear(n_sets, in_features, width), nn.ReLU()]
+            in_features = width
+        super().__init__(*layers, SetLinear(n_sets, in_features, out_features))

@@ -39,6 +39,23 @@ def test_bad_input_is_one_clear_line(tmp_path, args, needles):
     assert not list(tmp_path.rglob("*.yaml"))  # no empty run folder is left behind
 
 
+ADVERSARY = ["env=simple_adversary", "hardware=cpu", "hardware.env_workers=0", "total_steps=200", "eval_episodes=0", "progress=false"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["algo=super_ddqn"], ["algo=super_ddqn needs agents with identical observation and action spaces", "env=simple_adversary", "algo=maddpg"]),
+    (["algo=super_ddqn", "env.continuous_actions=true"], ["needs discrete actions", "algo=maddpg"]),
+    (["algo=maddpg", "algo.critic=central"], ["algo.critic", "maddpg, ddpg"]),
+    (["algo=maddpg", "algo.ddpg_teams=[adversaries]"], ["algo.ddpg_teams", "no team 'adversaries'", "adversary, good"]),
+    (["algo=maddpg", "env.N=0"], ["env.N", ">= 1"]),
+    (["algo=maddpg", "algo.tau=0"], ["algo.tau", "(0, 1]"]),
+])
+def test_impossible_combinations_say_what_to_use(tmp_path, args, needles):
+    result = run_cli("train", *ADVERSARY, *args, cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert not list(tmp_path.rglob("*.yaml"))
+
+
 def test_unknown_command(tmp_path):
     assert_one_line_error(run_cli("trian", cwd=tmp_path), "unknown command 'trian'")
 

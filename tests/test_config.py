@@ -75,3 +75,19 @@ def test_bandwidth_one_is_allowed(compose_cfg):
 def test_keys_added_with_plus_are_refused(compose_cfg, override, key):
     with pytest.raises(UserError, match=f"unknown config key '{key}'"):
         validate(compose_cfg([override]))
+
+
+def test_maddpg_defaults_are_the_reference_settings(compose_cfg):
+    cfg = compose_cfg(["algo=maddpg", "env=simple_adversary"])
+    a = cfg.algo
+    assert (a.actor_lr, a.critic_lr, a.gamma, a.batch_size, a.buffer_size, a.learning_starts) == (1e-2, 1e-2, 0.95, 1024, 1_000_000, 25_600)
+    assert (a.update_interval, a.tau, a.max_grad_norm, list(a.hidden), a.actor_reg) == (100, 0.01, 0.5, [64, 64], 1e-3)
+    assert (a.critic, list(a.ddpg_teams), a.gumbel_temperature, a.gumbel_hard) == ("maddpg", [], 1.0, False)
+    e = cfg.env
+    assert (e.N, e.max_cycles, e.continuous_actions) == (2, 25, False)
+
+
+@pytest.mark.parametrize("override", ["algo.ddpg_teams=[adversary]", "algo.ddpg_teams=[good]", "algo.critic=ddpg",
+                                      "env.continuous_actions=true", "algo.gumbel_hard=true"])
+def test_maddpg_match_up_overrides_compose(compose_cfg, override):
+    validate(compose_cfg(["experiment=maddpg_adversary", override]))

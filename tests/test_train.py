@@ -121,3 +121,41 @@ def test_sigterm_to_the_whole_process_group_with_workers_stops_cleanly(tmp_path)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "stopped by SIGTERM" in err
     assert load_checkpoint(checkpoint_paths(run)[-1])["env_steps"] >= 200
+
+
+MADDPG_SHORT = ["algo=maddpg", "env=simple_adversary", "hardware=cpu", "hardware.num_envs=4", "hardware.env_workers=0",
+                "progress=false", "print_config=false", "total_steps=1200", "log_interval=400", "eval_interval=800",
+                "eval_episodes=5", "checkpoint_interval=800", "algo.learning_starts=400", "algo.batch_size=64",
+                "algo.buffer_size=5000", "algo.update_interval=50"]
+
+
+def test_maddpg_run_logs_teams_and_game_scores_and_resumes_exactly(compose_cfg, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(compose_cfg(MADDPG_SHORT), full)
+    records = read_metrics(full)
+    assert [r["step"] for r in records] == [400, 800, 1200]
+    last = records[-1]
+    for key in ("train/team_return/adversary", "train/team_return/good", "train/game/good_success", "train/critic_loss",
+                "train/actor_loss", "eval/team_return/good", "eval/game/adversary_success", "eval/game/adversary_final_distance"):
+        assert key in last, key
+    # team returns are the means of their agents' returns
+    assert last["eval/team_return/good"] == pytest.approx((last["eval/episode_return/agent_0"] + last["eval/episode_return/agent_1"]) / 2, rel=1e-5)
+    assert 0.0 <= last["eval/game/good_success"] <= 1.0
+
+    # stop at 800 (a checkpoint), resume to 1200: the learner continues exactly (the episodes restart)
+    train(compose_cfg([*MADDPG_SHORT, "total_steps=800"]), part)
+    checkpoint = load_checkpoint(checkpoint_paths(part)[-1])
+    assert checkpoint["env_steps"] == 800 and checkpoint["algo"]["replay"]["size"] == 800
+    summary = train(compose_cfg([*MADDPG_SHORT, f"resume={part}"]), part)
+    assert summary["env_steps"] == 1200
+    assert [r["step"] for r in read_metrics(part)] == [400, 800, 1200]
+
+
+def test_maddpg_trains_on_pursuit_with_one_batched_group(compose_cfg, tmp_path):
+    cfg = compose_cfg([*SMALL_PURSUIT, "algo=maddpg", "total_steps=1000", "log_interval=500", "eval_episodes=1",
+                       "algo.learning_starts=300", "algo.batch_size=32", "algo.buffer_size=2000", "algo.update_interval=50"])
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "finished"
+    last = read_metrics(tmp_path)[-1]
+    assert "train/critic_loss" in last and "eval/episode_return/pursuer_1" in last
+    assert "train/team_return/pursuer" not in last  # one team: its return is the mean return

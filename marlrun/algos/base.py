@@ -21,6 +21,7 @@ from marlrun.errors import UserError
 REQUIREMENT_HELP = {
     "discrete_actions": ("discrete actions", lambda spec: spec.discrete_actions),
     "homogeneous": ("agents with identical observation and action spaces", lambda spec: spec.homogeneous),
+    "fixed_agents": ("agents that stay for the whole episode", lambda spec: not spec.agents_can_die),
 }
 
 

@@ -1,0 +1,269 @@
+"""MADDPG: decentralised actors, one centralised critic per agent (Lowe et al., NeurIPS 2017).
+
+Agent i has an actor mu_i(o_i) and a critic Q_i(x, a_1..a_N), where x holds every
+agent's observation (a ``ddpg`` agent's critic sees only its own (o_i, a_i)).
+Every ``update_interval`` env steps, on one minibatch from the joint replay:
+
+    a'_j = mu'_j(o'_j)                                               target actors
+    y_i  = r_i + gamma * (1 - d_i) * Q'_i(x', a'_1..a'_N)            target critics
+    L(Q_i)  = mean (Q_i(x, a_1..a_N) - y_i)^2
+    L(mu_i) = -mean Q_i(x, a_1..mu_i(o_i)..a_N) + reg * mean(logits_i^2)   (the others' actions from replay)
+    theta'_i <- (1 - tau) theta'_i + tau theta_i                     polyak averaging
+
+Discrete actions: mu_i(o_i) is a Gumbel-softmax sample of the actor's logits
+(soft as in the reference, or a hard one-hot with the straight-through
+gradient). The environment gets the index of the sample while exploring and of
+the largest logit when greedy; replay stores its one-hot. Continuous actions: a
+sigmoid scaled to the action bounds, plus Gaussian noise while exploring.
+
+Agents with the same observation size and critic kind form a group whose
+actors (and critics) are one batched module with a weight set per agent;
+Python loops only over groups (two on simple_adversary, one on pursuit).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from marlrun.algos.base import Algorithm
+from marlrun.envs.base import EnvSpec, VecStep
+from marlrun.errors import UserError
+from marlrun.nn import SetMLP, clip_grad_norm_per_set
+from marlrun.replay import JointReplay
+
+
+def gumbel_softmax(logits: torch.Tensor, temperature: float, hard: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """softmax((logits + Gumbel noise) / temperature); ``hard``: its one-hot, with the soft sample's gradient."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
+    y = torch.softmax((logits - torch.log(-torch.log(u))) / temperature, dim=-1)
+    if hard:
+        y_hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+        y = y_hard - y.detach() + y  # straight-through: forward is one-hot, backward is the soft sample's
+    return y
+
+
+@dataclass
+class Group:
+    """Agents sharing an observation size and a critic kind; index k of ``MADDPG.actors`` etc."""
+
+    agents: torch.Tensor  # [n] indices into the env's agents
+    obs_size: int
+    central: bool  # MADDPG critic over everyone (True) or DDPG critic over its own obs and action (False)
+
+
+class MADDPG(Algorithm):
+    name = "maddpg"
+    requires = frozenset({"fixed_agents"})
+    suggestion = "Use algo=super_ddqn for environments whose agents leave mid-episode."
+
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, name: str = "maddpg",
+                 critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
+                 batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float,
+                 hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float):
+        self.spec, self.device = spec, device
+        self.n_agents = A = spec.n_agents
+        self.n_actions = K = spec.n_actions
+        self.discrete = spec.discrete_actions
+        self.gamma, self.tau, self.batch_size, self.learning_starts = gamma, tau, batch_size, learning_starts
+        self.update_interval, self.max_grad_norm, self.actor_reg = update_interval, max_grad_norm, actor_reg
+        self.gumbel_temperature, self.gumbel_hard, self.noise_std = gumbel_temperature, gumbel_hard, noise_std
+        self.low, self.high = spec.action_bounds
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+        unknown = sorted(set(ddpg_teams) - set(spec.team_names))
+        if unknown:
+            raise UserError(f"algo.ddpg_teams: env={spec.name} has no team {', '.join(map(repr, unknown))}; its teams are {', '.join(spec.team_names)}")
+        central = [critic == "maddpg" and team not in ddpg_teams for team in spec.teams]
+
+        # Joint observation x: every agent's real entries, concatenated (padding dropped).
+        width = math.prod(spec.obs_shape)
+        self.joint_index = torch.cat([a * width + torch.arange(spec.obs_size(a)) for a in range(A)]).to(device)
+        joint_size = len(self.joint_index) + A * K
+
+        self.groups: list[Group] = []
+        actors, critics = nn.ModuleList(), nn.ModuleList()
+        for obs_size, is_central in dict.fromkeys((spec.obs_size(a), central[a]) for a in range(A)):
+            agents = [a for a in range(A) if (spec.obs_size(a), central[a]) == (obs_size, is_central)]
+            self.groups.append(Group(torch.tensor(agents, device=device), obs_size, is_central))
+            actors.append(SetMLP(len(agents), obs_size, list(hidden), K))
+            critics.append(SetMLP(len(agents), joint_size if is_central else obs_size + K, list(hidden), 1))
+        self.nets = nn.ModuleDict({
+            "actors": actors, "critics": critics,
+            "actor_targets": copy.deepcopy(actors).requires_grad_(False),  # targets start as copies
+            "critic_targets": copy.deepcopy(critics).requires_grad_(False),
+        }).to(device)
+        self.actors, self.critics = self.nets["actors"], self.nets["critics"]
+        self.actor_targets, self.critic_targets = self.nets["actor_targets"], self.nets["critic_targets"]
+        self.actor_optimizer = torch.optim.Adam(self.actors.parameters(), lr=actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=critic_lr, fused=True)
+
+        self.replay = JointReplay(buffer_size, A, spec.obs_shape, spec.obs_storage_dtype, K, device, self.generator)
+        self.next_update = update_interval
+
+    # ------------------------------------------------------------------ helpers
+    def own_obs(self, group: Group, obs: torch.Tensor) -> torch.Tensor:
+        """[B, A, ...] -> the group's agents' real observation entries, [n, B, obs_size]."""
+        return obs.flatten(2)[:, group.agents, : group.obs_size].transpose(0, 1)
+
+    def joint_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, A, ...] -> x, every agent's real entries side by side, [B, X]."""
+        return obs.flatten(1).index_select(1, self.joint_index)
+
+    def q_value(self, k: int, critic: nn.Module, x: torch.Tensor, own: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q of group k's agents, [n, B]. ``actions`` [n, B, A, K]: the joint action each agent's critic is asked about."""
+        group = self.groups[k]
+        n, B = actions.shape[:2]
+        if group.central:
+            inputs = torch.cat([x.expand(n, B, x.shape[-1]), actions.flatten(2)], dim=-1)
+        else:
+            inputs = torch.cat([own, actions[torch.arange(n, device=self.device), :, group.agents]], dim=-1)
+        return critic(inputs).squeeze(-1)
+
+    def policy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The differentiable action mu(o) used in the updates."""
+        if self.discrete:
+            return gumbel_softmax(logits, self.gumbel_temperature, self.gumbel_hard, self.generator)
+        return self.low + (self.high - self.low) * torch.sigmoid(logits)
+
+    def to_vector(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env actions -> what replay and critics read: one-hot [.., K] for discrete, the vector itself for continuous."""
+        return F.one_hot(actions, self.n_actions).float() if self.discrete else actions.float()
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False) -> torch.Tensor:
+        E = obs.shape[0]
+        obs = obs.float()
+        out = torch.empty((E, self.n_agents) if self.discrete else (E, self.n_agents, self.n_actions),
+                          dtype=torch.int64 if self.discrete else torch.float32, device=self.device)
+        for group, actor in zip(self.groups, self.actors):
+            logits = actor(self.own_obs(group, obs))  # [n, E, K]
+            if self.discrete:
+                if not greedy:  # argmax(logits + Gumbel noise) is a sample of softmax(logits)
+                    u = torch.rand(logits.shape, generator=self.generator, device=self.device).clamp_(1e-10, 1.0 - 1e-7)
+                    logits = logits - torch.log(-torch.log(u))
+                out[:, group.agents] = logits.argmax(-1).T
+            else:
+                action = self.policy(logits)
+                if not greedy:
+                    noise = torch.randn(action.shape, generator=self.generator, device=self.device)
+                    action = (action + self.noise_std * (self.high - self.low) * noise).clamp(self.low, self.high)
+                out[:, group.agents] = action.transpose(0, 1)
+        return out
+
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> dict[str, torch.Tensor]:
+        self.replay.add(obs, self.to_vector(actions), step.reward, step.next_obs, step.terminated)
+        return {}
+
+    # ------------------------------------------------------------------ learning
+    def update(self, env_steps: int) -> dict[str, torch.Tensor]:
+        if self.replay.size < max(self.learning_starts, self.batch_size):
+            self.next_update = (env_steps // self.update_interval + 1) * self.update_interval
+            return {}
+        metrics: dict[str, torch.Tensor] = {}
+        while env_steps >= self.next_update:
+            metrics = self.update_round(self.replay.sample(self.batch_size))
+            self.next_update += self.update_interval
+        return metrics
+
+    def update_round(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One critic step and one actor step for every agent, then polyak-average the targets."""
+        y = self.td_targets(batch)
+        critic_loss, q = self.critic_losses(batch, y)
+        explained = 1.0 - critic_loss.detach() / y.var(0).clamp(min=1e-8)  # per agent: 1 - Var(y - Q) / Var(y), about
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        for critic in self.critics:
+            clip_grad_norm_per_set(critic.parameters(), self.max_grad_norm)
+        self.critic_optimizer.step()
+
+        self.critics.requires_grad_(False)  # the actor loss differentiates through the critics, not into them
+        actor_loss = self.actor_losses(batch)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.sum().backward()
+        self.critics.requires_grad_(True)
+        for actor in self.actors:
+            clip_grad_norm_per_set(actor.parameters(), self.max_grad_norm)
+        self.actor_optimizer.step()
+
+        with torch.no_grad():
+            for target, online in ((self.actor_targets, self.actors), (self.critic_targets, self.critics)):
+                for t, p in zip(target.parameters(), online.parameters()):
+                    t.lerp_(p, self.tau)
+        self.gradient_steps += 1
+        return {"train/critic_loss": critic_loss.detach().mean(), "train/actor_loss": actor_loss.detach().mean(), "train/q": q,
+                "train/critic_explained_variance": explained.mean()}
+
+    @torch.no_grad()
+    def td_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y [B, A] from the target actors' actions in the next observations and the target critics."""
+        next_obs = batch["next_obs"]
+        B = next_obs.shape[0]
+        next_actions = torch.empty(B, self.n_agents, self.n_actions, device=self.device)
+        for group, actor_target in zip(self.groups, self.actor_targets):
+            next_actions[:, group.agents] = self.policy(actor_target(self.own_obs(group, next_obs))).transpose(0, 1)
+        x = self.joint_obs(next_obs)
+        y = torch.empty(B, self.n_agents, device=self.device)
+        for k, (group, critic_target) in enumerate(zip(self.groups, self.critic_targets)):
+            n = len(group.agents)
+            q_next = self.q_value(k, critic_target, x, self.own_obs(group, next_obs), next_actions.expand(n, *next_actions.shape))
+            y[:, group.agents] = batch["reward"][:, group.agents] + self.gamma * (1.0 - batch["terminated"][:, group.agents]) * q_next.T
+        return y
+
+    def critic_losses(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-agent mean squared TD error [A], and the mean Q (for logging)."""
+        obs, actions = batch["obs"], batch["action"]
+        x = self.joint_obs(obs)
+        losses = torch.zeros(self.n_agents, device=self.device)
+        q_sum = 0.0
+        for k, (group, critic) in enumerate(zip(self.groups, self.critics)):
+            n = len(group.agents)
+            q = self.q_value(k, critic, x, self.own_obs(group, obs), actions.expand(n, *actions.shape))
+            losses = losses.index_copy(0, group.agents, (q - y[:, group.agents].T).pow(2).mean(1))
+            q_sum = q_sum + q.detach().sum(0).mean()
+        return losses, q_sum / self.n_agents
+
+    def actor_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-agent actor loss [A]: agent i's critic judges mu_i(o_i) with the other agents' replayed actions."""
+        obs, actions = batch["obs"], batch["action"]
+        x = self.joint_obs(obs)
+        losses = torch.zeros(self.n_agents, device=self.device)
+        for k, (group, actor, critic) in enumerate(zip(self.groups, self.actors, self.critics)):
+            n = len(group.agents)
+            own = self.own_obs(group, obs)
+            logits = actor(own)  # [n, B, K]
+            joint = actions.expand(n, *actions.shape).clone()  # [n, B, A, K]: set j's copy of the joint action ...
+            joint[torch.arange(n, device=self.device), :, group.agents] = self.policy(logits)  # ... with a_j = mu_j(o_j)
+            q = self.q_value(k, critic, x, own, joint)
+            losses = losses.index_copy(0, group.agents, -q.mean(1) + self.actor_reg * logits.pow(2).mean((1, 2)))
+        return losses
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, include_replay: bool = True) -> dict:
+        state = {
+            "nets": self.nets.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "next_update": self.next_update,
+            "gradient_steps": self.gradient_steps,
+        }
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nets.load_state_dict(state["nets"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.next_update = state["next_update"]
+        self.gradient_steps = state["gradient_steps"]
+        if "replay" in state:  # else the buffer refills before learning goes on
+            self.replay.load_state_dict(state["replay"])
