@@ -91,3 +91,11 @@ def test_maddpg_defaults_are_the_reference_settings(compose_cfg):
                                       "env.continuous_actions=true", "algo.gumbel_hard=true"])
 def test_maddpg_match_up_overrides_compose(compose_cfg, override):
     validate(compose_cfg(["experiment=maddpg_adversary", override]))
+
+
+def test_experiment_presets_override_the_run_keys(compose_cfg):
+    cfg = compose_cfg(["experiment=maddpg_adversary"])
+    assert (cfg.algo.name, cfg.env.name, cfg.total_steps, cfg.eval_interval, cfg.eval_episodes) == ("maddpg", "simple_adversary", 150_000, 25_000, 100)
+    assert cfg.hardware.env_workers == 0
+    cfg = compose_cfg(["experiment=super_pursuit", "total_steps=5000"])  # the command line still wins over the preset
+    assert (cfg.total_steps, cfg.eval_interval, cfg.eval_episodes) == (5000, 4000, 20)
