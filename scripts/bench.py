@@ -1,21 +1,25 @@
-"""Raw pursuit throughput beside SUPER-DDQN training throughput, same environment copies and workers.
+"""Raw environment throughput beside training throughput, for each algorithm and environment pair.
 
-    python scripts/bench_pursuit.py [hydra overrides ...] [--seconds 30] [--train-steps 4000] [--json out.json]
+    python scripts/bench.py [hydra overrides ...] [--case NAME ...] [--seconds 20] [--train-steps N] [--json out.json]
 
-1. raw: the configured number of pursuit copies in the configured number of
+Cases (all by default): super_ddqn-pursuit, maddpg-simple_adversary (with its copies in a worker process, and\nin the main process as experiment=maddpg_adversary runs it), maddpg-pursuit. Extra hydra overrides apply
+to every case. For each case, in this one process, one after the other:
+
+1. raw: the configured number of environment copies in the configured number of
    worker processes, stepped with random actions for --seconds;
 2. train: `marlrun train` with the same config for --train-steps env steps past
-   ``learning_starts`` (so every measured step includes learning), read back from
-   the run's own perf/steps_per_sec records.
+   the algorithm's ``learning_starts`` (so every measured step includes learning),
+   read back from the run's own perf/steps_per_sec records.
 
-Both run in this one process, one after the other, so the ratio is measured
-side by side on the same machine state. Prints a table and writes JSON.
+Both run side by side on the same machine state, so their ratio is the figure to
+compare. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -30,65 +34,92 @@ from marlrun.config import register_configs
 from marlrun.metrics import read_metrics
 from marlrun.runner import make_env, torch_threads, train
 
+CASES = {  # name: (overrides, default env steps of training to measure)
+    "super_ddqn-pursuit": (["algo=super_ddqn", "env=pursuit"], 4000),
+    "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000),
+    "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000),
+    "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000),
+}
 
-def raw_throughput(cfg, seconds: float) -> float:
+
+def compose_config(overrides: list[str]):
+    with initialize_config_module("marlrun.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def random_actions(spec, num_envs: int, gen: torch.Generator) -> torch.Tensor:
+    if spec.discrete_actions:
+        return torch.randint(0, spec.n_actions, (num_envs, spec.n_agents), generator=gen)
+    low, high = spec.action_bounds
+    return low + (high - low) * torch.rand(num_envs, spec.n_agents, spec.n_actions, generator=gen)
+
+
+def raw_throughput(cfg, seconds: float) -> tuple[float, int]:
+    """Env steps per second with random actions, and the number of agents."""
     env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, torch.device("cpu"))
     try:
         env.reset()
         gen = torch.Generator().manual_seed(0)
-        shape = (env.num_envs, env.spec.n_agents)
         for _ in range(5):  # warm up the workers
-            env.step(torch.randint(0, env.spec.n_actions, shape, generator=gen))
+            env.step(random_actions(env.spec, env.num_envs, gen))
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            env.step(torch.randint(0, env.spec.n_actions, shape, generator=gen))
+            env.step(random_actions(env.spec, env.num_envs, gen))
             steps += env.num_envs
-        return steps / (time.perf_counter() - start)
+        return steps / (time.perf_counter() - start), env.spec.n_agents
     finally:
         env.close()
 
 
+def train_throughput(overrides: list[str], learning_starts: int, train_steps: int) -> tuple[float, float]:
+    """Env steps and update rounds per second of `marlrun train`, over log intervals that all include learning."""
+    log = 1000
+    warm = -(-learning_starts // log) * log + log  # first full log interval with learning in it
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config([*overrides, f"total_steps={warm + train_steps}", f"log_interval={log}", "eval_episodes=0",
+                              "progress=false", "print_config=false", "save_replay=false", f"checkpoint_interval={10**9}"])
+        train(cfg, run_dir)
+        records = [r for r in read_metrics(run_dir) if r["step"] > warm and "perf/steps_per_sec" in r]
+    return (sum(r["perf/steps_per_sec"] for r in records) / len(records),
+            sum(r["perf/updates_per_sec"] for r in records) / len(records))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="hydra overrides, as for `marlrun train`")
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long to step the raw environment")
-    parser.add_argument("--train-steps", type=int, default=4000, help="env steps of training measured after learning starts")
-    parser.add_argument("--json", type=Path, default=Path("outputs/bench/pursuit.json"), help="where to write the figures")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for every case, as for `marlrun train`")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="cases to run (repeatable; default: all)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to step each raw environment")
+    parser.add_argument("--train-steps", type=int, default=None, help="env steps of training measured after learning starts")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench.json"), help="where to write the figures")
     args = parser.parse_args()
-
     register_configs()
-    with initialize_config_module("marlrun.conf", version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
-    torch.set_num_threads(torch_threads(cfg.hardware))
-    raw = raw_throughput(cfg, args.seconds)
 
-    log = 1000
-    warm = -(-cfg.algo.learning_starts // log) * log + log  # first full log interval with learning in it
-    with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_module("marlrun.conf", version_base="1.3"):
-            train_cfg = compose("config", overrides=[*args.overrides, f"total_steps={warm + args.train_steps}", f"log_interval={log}",
-                                                     "eval_episodes=0", "progress=false", "print_config=false", "save_replay=false",
-                                                     f"checkpoint_interval={10**9}"])
-        train(train_cfg, run_dir)
-        records = [r for r in read_metrics(run_dir) if r["step"] > warm and "perf/steps_per_sec" in r]
-    steps_per_sec = sum(r["perf/steps_per_sec"] for r in records) / len(records)
-    updates_per_sec = sum(r["perf/updates_per_sec"] for r in records) / len(records)
+    results = []
+    for name in args.case or list(CASES):
+        case_overrides, default_steps = CASES[name]
+        overrides = [*case_overrides, *args.overrides]
+        cfg = compose_config(overrides)
+        torch.set_num_threads(torch_threads(cfg.hardware))
+        raw, n_agents = raw_throughput(cfg, args.seconds)
+        steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.learning_starts, args.train_steps or default_steps)
+        results.append({
+            "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,
+            "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": cfg.hardware.device,
+            "raw_env_steps_per_sec": round(raw, 1), "train_env_steps_per_sec": round(steps_per_sec, 1),
+            "train_agent_steps_per_sec": round(steps_per_sec * n_agents, 1),
+            "train_updates_per_sec": round(updates_per_sec, 1), "train_over_raw": round(steps_per_sec / raw, 3),
+        })
 
-    result = {
-        "env": cfg.env.name, "algo": cfg.algo.name, "overrides": args.overrides,
-        "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": cfg.hardware.device,
-        "raw_env_steps_per_sec": round(raw, 1), "train_env_steps_per_sec": round(steps_per_sec, 1),
-        "train_agent_steps_per_sec": round(steps_per_sec * cfg.env.n_pursuers, 1),
-        "train_updates_per_sec": round(updates_per_sec, 1), "train_over_raw": round(steps_per_sec / raw, 3),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-    }
-    table = Table(title=f"pursuit throughput ({cfg.hardware.num_envs} copies, {cfg.hardware.env_workers} worker(s))")
-    for column in ("raw env steps/s", "train env steps/s", "train agent-steps/s", "updates/s", "train / raw"):
+    table = Table(title="raw environment vs training throughput (env steps/s summed over copies)")
+    for column in ("case", "copies/workers", "raw env steps/s", "train env steps/s", "train agent-steps/s", "updates/s", "train / raw"):
         table.add_column(column, justify="right")
-    table.add_row(f"{raw:,.0f}", f"{steps_per_sec:,.0f}", f"{result['train_agent_steps_per_sec']:,.0f}", f"{updates_per_sec:,.1f}", f"{result['train_over_raw']:.0%}")
-    Console().print(table)
+    for r in results:
+        table.add_row(r["case"], f"{r['num_envs']}/{r['env_workers']}", f"{r['raw_env_steps_per_sec']:,.0f}", f"{r['train_env_steps_per_sec']:,.0f}",
+                      f"{r['train_agent_steps_per_sec']:,.0f}", f"{r['train_updates_per_sec']:,.1f}", f"{r['train_over_raw']:.0%}")
+    Console(width=160).print(table)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(f"wrote {args.json}")
 
 
