@@ -1,7 +1,6 @@
 """Mistakes get one clear line on stderr, a non-zero exit and no traceback; nothing written is lost."""
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -176,7 +176,7 @@ class MADDPG(Algorithm):
         """One critic step and one actor step for every agent, then polyak-average the targets."""
         y = self.td_targets(batch)
         critic_loss, q = self.critic_losses(batch, y)
-        explained = 1.0 - critic_loss.detach() / y.var(0).clamp(min=1e-8)  # per agent: 1 - Var(y - Q) / Var(y), about
+        explained = 1.0 - critic_loss.detach() / y.var(0).clamp(min=1e-8)  # per agent: about 1 - Var(y - Q) / Var(y)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         for critic in self.critics:
