@@ -38,10 +38,15 @@ from marlrun.nn import SetMLP, clip_grad_norm_per_set
 from marlrun.replay import JointReplay
 
 
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel samples -log(-log U) shaped like ``like``."""
+    u = torch.rand(like.shape, generator=generator, device=like.device).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
 def gumbel_softmax(logits: torch.Tensor, temperature: float, hard: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """softmax((logits + Gumbel noise) / temperature); ``hard``: its one-hot, with the soft sample's gradient."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
-    y = torch.softmax((logits - torch.log(-torch.log(u))) / temperature, dim=-1)
+    y = torch.softmax((logits + gumbel_noise(logits, generator)) / temperature, dim=-1)
     if hard:
         y_hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
         y = y_hard - y.detach() + y  # straight-through: forward is one-hot, backward is the soft sample's
@@ -146,8 +151,7 @@ class MADDPG(Algorithm):
             logits = actor(self.own_obs(group, obs))  # [n, E, K]
             if self.discrete:
                 if not greedy:  # argmax(logits + Gumbel noise) is a sample of softmax(logits)
-                    u = torch.rand(logits.shape, generator=self.generator, device=self.device).clamp_(1e-10, 1.0 - 1e-7)
-                    logits = logits - torch.log(-torch.log(u))
+                    logits = logits + gumbel_noise(logits, self.generator)
                 out[:, group.agents] = logits.argmax(-1).T
             else:
                 action = self.policy(logits)
