@@ -94,6 +94,54 @@ class SimpleAdversaryConfig:
         _require(self.success_radius > 0, "env.success_radius", "must be > 0")
 
 
+ISING_REWARDS = ("physical", "alignment")
+
+
+@dataclass
+class IsingConfig:
+    """Ising model of marlrun's own, in torch: every spin of a ring or torus is an agent choosing up or down."""
+
+    _target_: str = "marlrun.envs.ising.make_ising"
+    name: str = "ising"
+    dims: int = 2  # 1: a ring of L spins; 2: an L x L torus
+    L: int = 32  # side of the lattice (spins per side)
+    neighbours: int = 4  # 1D: 2; 2D: 4 (von Neumann) or 8 (with diagonals)
+    reward: str = "physical"  # physical: 0.5 * J * s_i * sum of neighbour spins + h * s_i; alignment: the seed chapter's
+    J: float = 1.0  # coupling
+    h: float = 0.0  # external field
+    max_cycles: int = 100  # steps per episode (then a fresh random lattice)
+
+    def __post_init__(self) -> None:
+        _require(self.dims in (1, 2), "env.dims", f"must be 1 (ring) or 2 (torus), got {self.dims}")
+        _require(self.L >= 3, "env.L", f"the lattice side must be >= 3, got {self.L}")
+        allowed = (2,) if self.dims == 1 else (4, 8)
+        _require(self.neighbours in allowed, "env.neighbours", f"a {self.dims}D lattice takes {' or '.join(map(str, allowed))} neighbours, got {self.neighbours}")
+        _require(self.reward in ISING_REWARDS, "env.reward", f"unknown reward '{self.reward}'; pick one of {', '.join(ISING_REWARDS)}")
+        _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+
+
+@dataclass
+class BattleConfig:
+    """magent2 battle_v4: red against blue; map_size 40 gives 64 against 64 (the MF-Q paper's setting)."""
+
+    _target_: str = "marlrun.envs.battle.make_battle"
+    name: str = "battle"
+    map_size: int = 40  # side of the square map; the library places about map_size^2 * 0.04 agents per team
+    max_cycles: int = 400  # steps per round (the MF-Q paper's 400; the library's default is 1000)
+    view_radius: int = 6  # mean fields: teammates within this many cells (6 = the 13x13 view)
+    minimap_mode: bool = False  # add the library's minimap channels to observations
+    extra_features: bool = False  # add the library's extra feature channels (last action, last reward...)
+    step_reward: float = -0.005  # the library's reward arguments, with its defaults
+    dead_penalty: float = -0.1
+    attack_penalty: float = -0.1
+    attack_opponent_reward: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(self.map_size >= 12, "env.map_size", f"battle_v4 needs a map of at least 12x12, got {self.map_size}")
+        _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        _require(self.view_radius >= 0, "env.view_radius", "must be >= 0")
+
+
 # --------------------------------------------------------------------------- algorithms
 SHARING = ("none", "all", "quantile", "gaussian", "stochastic")
 
@@ -196,6 +244,57 @@ class MADDPGConfig:
         _require(self.noise_std >= 0, "algo.noise_std", "must be >= 0")
 
 
+LEARNERS = ("mfq", "iql")
+CONTROLLERS = (*LEARNERS, "random")
+
+
+@dataclass
+class MFQConfig:
+    """Mean-field Q-learning (Yang et al., 2018) and its IL baseline. Defaults are the MF-Q paper's battle settings."""
+
+    _target_: str = "marlrun.algos.mfq.MFQ"
+    name: str = "mfq"
+    controller: str = "mfq"  # the env's first team (battle: red): mfq | iql (the IL baseline: no mean action)
+    opponent: str = "mfq"  # its second team (battle: blue): mfq | iql (both learn) | random | frozen:RUN_DIR[@TEAM]
+    rounds: int = 0  # mean-field refinement rounds before acting (0: the neighbours' previous actions)
+    temperature: float = 1.0  # Boltzmann temperature (the physical temperature on the Ising model)
+    temperature_end: Optional[float] = None  # anneal linearly to this over temperature_decay_steps (null: constant)
+    temperature_decay_steps: int = 0  # env steps of the anneal
+    greedy_eval: bool = True  # evaluation: argmax (true) or the Boltzmann policy at the current temperature (false)
+    lr: float = 1e-4  # Adam learning rate
+    gamma: float = 0.95  # discount
+    tau: float = 0.005  # polyak rate of the target network
+    batch_size: int = 64  # transitions per gradient step, per learning team
+    buffer_size: int = 80_000  # transitions in replay, per learning team
+    learning_starts: int = 1_000  # env steps before the first update
+    update_interval: int = 1  # env steps (summed over copies) between gradient steps of every learning team
+    max_grad_norm: float = 10.0  # gradient-norm clip
+    huber_delta: float = 1.0  # Huber loss threshold on the TD error
+    conv_channels: list[int] = field(default_factory=lambda: [32, 32])  # image observations: conv widths
+    conv_kernel: int = 3
+    obs_hidden: int = 256  # image observations: dense layer after the convolutions
+    mean_action_hidden: int = 64  # embedding of the mean action (0: feed it as it is)
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # ReLU layers after observation and mean action meet
+
+    def __post_init__(self) -> None:
+        _require(self.controller in LEARNERS, "algo.controller", f"unknown controller '{self.controller}'; pick one of {', '.join(LEARNERS)}")
+        _require(self.opponent in CONTROLLERS or (self.opponent.startswith("frozen:") and len(self.opponent) > 7), "algo.opponent",
+                 f"unknown controller '{self.opponent}'; pick one of {', '.join(CONTROLLERS)}, or frozen:RUN_DIR[@TEAM]")
+        _require(self.rounds >= 0, "algo.rounds", f"must be >= 0, got {self.rounds}")
+        _require(self.temperature > 0, "algo.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.temperature_end is None or self.temperature_end > 0, "algo.temperature_end", f"must be > 0, got {self.temperature_end}")
+        _require(self.temperature_decay_steps >= 0, "algo.temperature_decay_steps", "must be >= 0")
+        for key in ("lr", "max_grad_norm", "huber_delta"):
+            _require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        _require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        _require(0.0 < self.tau <= 1.0, "algo.tau", "must be in (0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval", "conv_kernel", "obs_hidden"):
+            _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require(self.mean_action_hidden >= 0, "algo.mean_action_hidden", "must be >= 0")
+        _require(min(self.conv_channels, default=1) >= 1 and min(self.hidden, default=1) >= 1, "algo.conv_channels/hidden", "widths must be positive")
+
+
 # --------------------------------------------------------------------------- the run
 @dataclass
 class RunConfig:
@@ -233,7 +332,10 @@ def register_configs() -> None:
     cs.store(group="schema/env", name="pursuit", node=PursuitConfig)
     cs.store(group="schema/env", name="simple_adversary", node=SimpleAdversaryConfig)
     cs.store(group="schema/algo", name="super_ddqn", node=SuperDDQNConfig)
+    cs.store(group="schema/env", name="ising", node=IsingConfig)
+    cs.store(group="schema/env", name="battle", node=BattleConfig)
     cs.store(group="schema/algo", name="maddpg", node=MADDPGConfig)
+    cs.store(group="schema/algo", name="mfq", node=MFQConfig)
 
 
 def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:

@@ -114,3 +114,51 @@ class SetMLP(nn.Sequential):
             layers += [SetLinear(n_sets, in_features, width), nn.ReLU()]
             in_features = width
         super().__init__(*layers, SetLinear(n_sets, in_features, out_features))
+
+
+class MeanFieldQNetwork(nn.Module):
+    """Q(s, ., abar) of one team's agents (one weight set, agents folded into the batch), as in the MF-Q paper.
+
+    The observation goes through a conv stack and a dense layer (image observations, channels last) or is used
+    as it is (flat observations); the neighbours' mean action ``abar`` through a dense embedding (or as it is when
+    ``mean_action_hidden`` is 0); both, concatenated, through the ``hidden`` ReLU layers to one Q per action.
+    ``use_mean_action=False`` is the same network without ``abar``: independent Q-learning (IL).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, use_mean_action: bool, conv_channels: list[int],
+                 conv_kernel: int, obs_hidden: int, mean_action_hidden: int, hidden: list[int]):
+        super().__init__()
+        self.use_mean_action = use_mean_action
+        self.image = len(obs_shape) == 3
+        if self.image:
+            h, w, c = obs_shape
+            layers: list[nn.Module] = []
+            for width in conv_channels:
+                layers += [nn.Conv2d(c, width, conv_kernel), nn.ReLU()]
+                c, h, w = width, h - conv_kernel + 1, w - conv_kernel + 1
+            self.obs_encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, obs_hidden), nn.ReLU())
+            features = obs_hidden
+        else:
+            self.obs_encoder = nn.Flatten()
+            features = math.prod(obs_shape)
+        if use_mean_action and mean_action_hidden > 0:
+            self.mean_action_encoder = nn.Sequential(nn.Linear(n_actions, mean_action_hidden), nn.ReLU())
+            features += mean_action_hidden
+        elif use_mean_action:
+            self.mean_action_encoder = nn.Identity()
+            features += n_actions
+        layers = []
+        for width in hidden:
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        self.head = nn.Sequential(*layers, nn.Linear(features, n_actions))
+
+    def forward(self, obs: torch.Tensor, mean_action: torch.Tensor) -> torch.Tensor:
+        """obs [B, *obs_shape], mean_action [B, n_actions] -> Q [B, n_actions]."""
+        x = obs.float()
+        if self.image:
+            x = x.permute(0, 3, 1, 2)  # channels last -> first
+        z = self.obs_encoder(x)
+        if self.use_mean_action:
+            z = torch.cat([z, self.mean_action_encoder(mean_action)], dim=-1)
+        return self.head(z)

@@ -265,53 +265,70 @@ class AgentReplay:
             self.tree.copy_(state["tree"])
 
 
-class JointReplay:
-    """One ring buffer of joint transitions ``[C, A, ...]``: every agent's part of one env step in one row.
+class RingReplay:
+    """A preallocated ring buffer of rows with named fields, sampled uniformly.
 
-    For algorithms whose learners read all agents' data at once (a centralised critic): a sampled row gives
-    every agent's observation, action, reward and successor. Storage is preallocated with ``torch.empty``, so
-    the memory of a large capacity is only touched as it fills. Actions are float vectors ``[K]`` (one-hot for
-    discrete actions, so a critic can read them directly).
+    ``fields`` maps a name to the (shape, dtype) of one row's entry. Storage is made with ``torch.empty``, so the
+    memory of a large capacity is only touched as it fills. Fields named in ``as_float`` (observations kept in a
+    compact dtype) come back as float32 from ``sample``.
     """
 
-    FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
-
-    def __init__(self, capacity: int, n_agents: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, action_size: int,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None):
+    def __init__(self, capacity: int, fields: dict[str, tuple[tuple[int, ...], torch.dtype]], device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None, as_float: tuple[str, ...] = ()):
         self.capacity, self.device, self.generator = int(capacity), torch.device(device), generator
-        C, A, dev = self.capacity, n_agents, self.device
-        self.obs = torch.empty((C, A, *obs_shape), dtype=obs_dtype, device=dev)
-        self.next_obs = torch.empty((C, A, *obs_shape), dtype=obs_dtype, device=dev)
-        self.action = torch.empty((C, A, action_size), dtype=torch.float32, device=dev)
-        self.reward = torch.empty((C, A), dtype=torch.float32, device=dev)
-        self.terminated = torch.empty((C, A), dtype=torch.float32, device=dev)
+        self.fields, self.as_float = tuple(fields), as_float
+        for name, (shape, dtype) in fields.items():
+            setattr(self, name, torch.empty((self.capacity, *shape), dtype=dtype, device=self.device))
         self.ptr = 0
         self.size = 0
 
-    def add(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> None:
-        """Append ``n`` rows (leading dim of every argument), wrapping around the ring."""
-        n = obs.shape[0]
+    def add(self, **values: Tensor) -> None:
+        """Append ``n`` rows (the leading dim of every field), wrapping around the ring; beyond capacity, the last rows win."""
+        n = next(iter(values.values())).shape[0]
+        if n > self.capacity:
+            values = {name: value[n - self.capacity :] for name, value in values.items()}
+            self.ptr, n = (self.ptr + n - self.capacity) % self.capacity, self.capacity
         rows = torch.arange(self.ptr, self.ptr + n, device=self.device) % self.capacity
-        for name, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminated)):
-            getattr(self, name)[rows] = value.to(getattr(self, name).dtype)
+        for name in self.fields:
+            store = getattr(self, name)
+            store[rows] = values[name].to(store.dtype)
         self.ptr = (self.ptr + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int) -> dict[str, Tensor]:
-        """``batch_size`` rows drawn uniformly with replacement; observations come back as float32."""
+        """``batch_size`` rows drawn uniformly with replacement."""
         rows = torch.randint(0, self.size, (batch_size,), generator=self.generator, device=self.device)
-        batch = {name: getattr(self, name)[rows] for name in self.FIELDS}
-        batch["obs"], batch["next_obs"] = batch["obs"].float(), batch["next_obs"].float()
+        batch = {name: getattr(self, name)[rows] for name in self.fields}
+        for name in self.as_float:
+            batch[name] = batch[name].float()
         return batch
 
     def state_dict(self) -> dict:
         # Rows [0, size) are the filled ones (the ring wraps only once it is full).
-        return {"ptr": self.ptr, "size": self.size, **{name: getattr(self, name)[: self.size].clone() for name in self.FIELDS}}
+        return {"ptr": self.ptr, "size": self.size, **{name: getattr(self, name)[: self.size].clone() for name in self.fields}}
 
     def load_state_dict(self, state: dict) -> None:
         size = state["size"]
         if size > self.capacity:
             raise ValueError(f"the saved replay holds {size} rows, more than this buffer's capacity {self.capacity}")
-        for name in self.FIELDS:
+        for name in self.fields:
             getattr(self, name)[:size] = state[name].to(self.device)
         self.ptr, self.size = state["ptr"], size
+
+
+class JointReplay(RingReplay):
+    """Joint transitions ``[C, A, ...]``: every agent's part of one env step in one row.
+
+    For algorithms whose learners read all agents' data at once (a centralised critic): a sampled row gives
+    every agent's observation, action, reward and successor. Actions are float vectors ``[K]`` (one-hot for
+    discrete actions, so a critic can read them directly).
+    """
+
+    def __init__(self, capacity: int, n_agents: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, action_size: int,
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None):
+        A = n_agents
+        fields = {
+            "obs": ((A, *obs_shape), obs_dtype), "action": ((A, action_size), torch.float32), "reward": ((A,), torch.float32),
+            "next_obs": ((A, *obs_shape), obs_dtype), "terminated": ((A,), torch.float32),
+        }
+        super().__init__(capacity, fields, device, generator, as_float=("obs", "next_obs"))

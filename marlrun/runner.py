@@ -107,15 +107,19 @@ class StopSignal:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def episode_scalars(env, returns: torch.Tensor, lengths: torch.Tensor, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-episode scalars of ``n`` finished episodes, name -> [n]: mean and per-agent return, length,
-    each team's mean return (when there are several teams), and the environment's game metrics."""
+PER_AGENT_RETURNS_UP_TO = 32  # agents; above this only team and mean returns are logged
+
+
+def episode_scalars(env, returns: torch.Tensor, lengths: torch.Tensor, info: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-episode scalars of ``n`` finished episodes, name -> [n]: mean and per-agent return (for up to 32 agents),
+    length, each team's mean return (when there are several teams), and the environment's game metrics ``info``."""
     spec = env.spec
     out = {"episode_return": returns.mean(1), "episode_length": lengths}
-    out.update({f"episode_return/{name}": returns[:, i] for i, name in enumerate(spec.agent_names)})
+    if spec.n_agents <= PER_AGENT_RETURNS_UP_TO:
+        out.update({f"episode_return/{name}": returns[:, i] for i, name in enumerate(spec.agent_names)})
     if len(spec.team_names) > 1:
         out.update({f"team_return/{team}": returns[:, spec.team_members(team)].mean(1) for team in spec.team_names})
-    out.update(env.episode_metrics(final_obs))
+    out.update(info)
     return out
 
 
@@ -124,17 +128,18 @@ def evaluate(algo: Algorithm, env, env_steps: int) -> dict[str, float]:
     obs = env.reset()
     returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
     lengths = torch.zeros(env.num_envs, device=obs.device)
-    final_obs = torch.zeros_like(obs)
+    info: dict[str, torch.Tensor] = {}  # each copy's game metrics, from the step its episode ended
     running = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
     while running.any():
-        step = env.step(algo.act(obs, env_steps, greedy=True))
+        step = env.step(algo.act(obs, env_steps, greedy=True, context=env.context()))
         returns += step.reward * running[:, None]
         lengths += running
         ended = running & step.episode_end
-        final_obs[ended] = step.next_obs[ended]
+        for key, value in step.episode_info.items():
+            info.setdefault(key, torch.zeros(env.num_envs, device=obs.device))[ended] = value[ended].float()
         running &= ~step.episode_end
         obs = step.obs
-    return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, final_obs).items()}
+    return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -219,7 +224,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=env_steps, speed="-", ret="-")
             unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
             while env_steps < cfg.total_steps:
-                actions = algo.act(obs, env_steps)
+                actions = algo.act(obs, env_steps, context=env.context())
                 env.step_async(actions)  # environment workers step while this process observes and learns
                 if unobserved:
                     tracker.add(algo.observe(*unobserved))
@@ -240,7 +245,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 ep_length += 1
                 if step.episode_end.any():
                     done = step.episode_end
-                    episodes = {f"train/{k}": v.tolist() for k, v in episode_scalars(env, ep_return[done], ep_length[done], step.next_obs[done]).items()}
+                    info = {key: value[done] for key, value in step.episode_info.items()}
+                    episodes = {f"train/{k}": v.tolist() for k, v in episode_scalars(env, ep_return[done], ep_length[done], info).items()}
                     for i in range(int(done.sum())):
                         tracker.add({key: values[i] for key, values in episodes.items()})
                         recent.append(episodes["train/episode_return"][i])
@@ -255,6 +261,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     now = time.perf_counter()
                     scalars = tracker.pop()
                     scalars.update(algo.schedule(env_steps))
+                    scalars.update({f"env/{key}": value for key, value in env.state_metrics().items()})
                     scalars["perf/steps_per_sec"] = interval_steps / (now - interval_start)
                     scalars["perf/updates_per_sec"] = (algo.gradient_steps - interval_updates) / (now - interval_start)
                     periodic = next_eval is not None and env_steps >= next_eval

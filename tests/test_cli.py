@@ -55,6 +55,26 @@ def test_impossible_combinations_say_what_to_use(tmp_path, args, needles):
     assert not list(tmp_path.rglob("*.yaml"))
 
 
+MEAN_FIELD = ["algo=mfq", "hardware=cpu", "total_steps=100", "eval_episodes=0", "progress=false"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["env=ising", "env.L=2"], ["env.L", ">= 3"]),
+    (["env=ising", "env.neighbours=6"], ["env.neighbours", "4 or 8"]),
+    (["env=ising", "algo.temperature=0"], ["algo.temperature", "> 0"]),
+    (["env=ising", "algo.temperature=-1.5"], ["algo.temperature", "> 0"]),
+    (["env=battle", "env.map_size=10"], ["env.map_size", "at least 12"]),
+    (["env=battle", "algo.opponent=greedy"], ["algo.opponent", "unknown controller 'greedy'", "random"]),
+    (["env=battle", "algo.controller=random"], ["algo.controller", "mfq, iql"]),
+    (["env=battle", "env.map_size=12", "algo.opponent=frozen:/nonexistent/run"], ["algo.opponent=frozen:/nonexistent/run", "does not exist"]),
+    (["env=pursuit"], ["algo=mfq needs a neighbourhood structure", "env=ising"]),
+])
+def test_mean_field_bad_input_is_one_clear_line(tmp_path, args, needles):
+    result = run_cli("train", *MEAN_FIELD, *args, cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert not list(tmp_path.rglob("*.yaml"))
+
+
 def test_unknown_command(tmp_path):
     assert_one_line_error(run_cli("trian", cwd=tmp_path), "unknown command 'trian'")
 

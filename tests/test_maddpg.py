@@ -208,7 +208,7 @@ def test_unknown_ddpg_team_is_a_clear_error():
 def test_state_dict_round_trip_restores_networks_optimizers_and_replay():
     algo = make_algo()
     batch = random_batch(algo, B=100)
-    algo.replay.add(batch["obs"], batch["action"], batch["reward"], batch["next_obs"], batch["terminated"])
+    algo.replay.add(**{k: batch[k] for k in algo.replay.fields})
     algo.update_round(algo.replay.sample(64))
     state = algo.state_dict()
     other = make_algo()
@@ -225,7 +225,7 @@ def test_update_rounds_follow_the_update_interval_after_learning_starts():
     batch = random_batch(algo, B=4)
     rounds = []
     for step in range(4, 1001, 4):  # 4 env copies per vector step
-        algo.replay.add(batch["obs"], batch["action"], batch["reward"], batch["next_obs"], batch["terminated"])
+        algo.replay.add(**{k: batch[k] for k in algo.replay.fields})
         algo.update(step)
         rounds.append(algo.gradient_steps)
     assert rounds[-1] == 9  # at 200, 300, ..., 1000

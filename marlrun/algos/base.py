@@ -2,7 +2,9 @@
 
 The runner owns the loop; an algorithm owns its learning:
 
-- ``act(obs, env_steps, greedy)``: actions [E, A] for observations [E, A, ...].
+- ``act(obs, env_steps, greedy, context)``: actions [E, A] for observations [E, A, ...]; ``context`` is the
+  environment's ``context()``: what some algorithms need beyond observations (neighbours and previous actions
+  for mean fields), {} for most environments.
 - ``observe(obs, actions, step)``: the transitions of one vectorised env step.
 - ``update(env_steps)``: whatever gradient steps are due; returns scalars to log.
 - ``schedule(env_steps)``: the values of its schedules (epsilon...), logged at every log step.
@@ -22,6 +24,7 @@ REQUIREMENT_HELP = {
     "discrete_actions": ("discrete actions", lambda spec: spec.discrete_actions),
     "homogeneous": ("agents with identical observation and action spaces", lambda spec: spec.homogeneous),
     "fixed_agents": ("agents that stay for the whole episode", lambda spec: not spec.agents_can_die),
+    "neighbours": ("a neighbourhood structure (a lattice or positions)", lambda spec: "neighbours" in spec.capabilities),
 }
 
 
@@ -31,7 +34,7 @@ class Algorithm:
     suggestion: ClassVar[str] = ""  # what to pick instead when an environment does not fit
     gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
 
-    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> None:

@@ -142,7 +142,7 @@ class MADDPG(Algorithm):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         E = obs.shape[0]
         obs = obs.float()
         out = torch.empty((E, self.n_agents) if self.discrete else (E, self.n_agents, self.n_actions),
@@ -162,7 +162,7 @@ class MADDPG(Algorithm):
         return out
 
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> dict[str, torch.Tensor]:
-        self.replay.add(obs, self.to_vector(actions), step.reward, step.next_obs, step.terminated)
+        self.replay.add(obs=obs, action=self.to_vector(actions), reward=step.reward, next_obs=step.next_obs, terminated=step.terminated)
         return {}
 
     # ------------------------------------------------------------------ learning

@@ -106,7 +106,7 @@ class SuperDDQN(Algorithm):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         q = self._q_values(self.q, obs.transpose(0, 1))  # [A, E, n_actions]
         actions = q.argmax(-1).T  # [E, A]
         if not greedy:

@@ -52,3 +52,45 @@ class VecStep(NamedTuple):
     truncated: torch.Tensor  # bool: the episode was cut by a time limit (bootstrap from next_obs)
     alive: torch.Tensor  # bool: the agent acted in this step
     episode_end: torch.Tensor  # [E] bool: this copy's episode ended and it was reset
+    episode_info: dict[str, torch.Tensor] = {}  # name -> [E]: game scores of the episodes that ended (read where episode_end)
+
+
+class Neighbours:
+    """Who is whose neighbour in the current state, for mean-field algorithms.
+
+    ``mean(actions, n_actions)`` turns actions [E, A] (long; -1 = no action: dead, or no previous step) into each
+    agent's neighbourhood mean one-hot action [E, A, n_actions], counting only neighbours with an action
+    (a row with none is all zeros).
+    """
+
+    def mean(self, actions: torch.Tensor, n_actions: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def one_hot_or_zero(actions: torch.Tensor, n_actions: int) -> torch.Tensor:
+    """One-hot float rows of ``actions`` [...] -> [..., n_actions]; an action of -1 gives a row of zeros."""
+    valid = actions >= 0
+    return torch.nn.functional.one_hot(actions.clamp(min=0), n_actions).to(torch.float32) * valid.unsqueeze(-1)
+
+
+class IndexNeighbours(Neighbours):
+    """A fixed neighbourhood: ``index`` [A, k] lists the k neighbours of every agent (a lattice)."""
+
+    def __init__(self, index: torch.Tensor):
+        self.index = index
+
+    def mean(self, actions: torch.Tensor, n_actions: int) -> torch.Tensor:
+        hot = one_hot_or_zero(actions, n_actions)[:, self.index]  # [E, A, k, n]
+        total = hot.sum(2)
+        return total / total.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+class MaskNeighbours(Neighbours):
+    """A neighbourhood that changes every step: ``mask`` [E, A, A] bool, mask[e, i, j] = j is a neighbour of i."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+
+    def mean(self, actions: torch.Tensor, n_actions: int) -> torch.Tensor:
+        total = torch.bmm(self.mask.to(torch.float32), one_hot_or_zero(actions, n_actions))
+        return total / total.sum(-1, keepdim=True).clamp(min=1.0)

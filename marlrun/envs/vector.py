@@ -181,18 +181,28 @@ class PettingZooVecEnv:
             for a in range(self.n_agents):
                 k = e * self.n_agents + a
                 next_obs[k] = infos[k]["terminal_observation"]
+        next_obs = self._tensor(next_obs)
         return VecStep(
             obs=self._tensor(obs),
-            next_obs=self._tensor(next_obs),
+            next_obs=next_obs,
             reward=self._tensor(rew),
             terminated=self._tensor(term, torch.bool),
             truncated=self._tensor(trunc, torch.bool),
             alive=torch.ones(self.num_envs, self.n_agents, dtype=torch.bool, device=self.device),
             episode_end=torch.as_tensor(done, device=self.device),
+            episode_info=self.episode_metrics(next_obs) if done.any() else {},
         )
 
     def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Game metrics of finished episodes from their final observations [n, A, ...]: name -> [n]. None by default."""
+        """Game metrics computed from final observations [E, A, ...]: name -> [E]. None by default."""
+        return {}
+
+    def context(self) -> dict:
+        """What an algorithm needs beyond observations to act on the current state (neighbours...). None here."""
+        return {}
+
+    def state_metrics(self) -> dict[str, float]:
+        """Scalars of the current state of the copies, logged at every log step. None here."""
         return {}
 
     def step(self, actions: torch.Tensor) -> VecStep:

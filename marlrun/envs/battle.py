@@ -1,0 +1,180 @@
+"""magent2 battle_v4: two teams (red, blue) on a grid, each agent sees a 13x13 view and picks one of 21 moves/attacks.
+
+The copies are stepped in this process (the game itself is C++). Every agent keeps its slot in [E, A] tensors for
+the whole round: an agent that dies reports its last transition with ``terminated`` and is ``alive=False``
+afterwards (zero observation, zero reward, no action). A round ends at ``max_cycles`` or as soon as one team is
+eliminated (the survivors' transitions are then terminal: the game is over).
+
+For mean-field algorithms, ``context()`` gives each agent's neighbours: the living agents of its own team within
+``view_radius`` cells (Chebyshev distance, the square an agent sees), found from the agents' positions in one
+vectorised comparison, together with everyone's previous action.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from magent2.environments import battle_v4
+
+from marlrun.envs.base import EnvSpec, MaskNeighbours, VecStep
+from marlrun.envs.vector import copy_seed
+
+TEAMS = ("red", "blue")
+
+
+def battle_spec(map_size: int, name: str = "battle", extra_features: bool = False, minimap_mode: bool = False) -> EnvSpec:
+    env = battle_v4.parallel_env(map_size=map_size, minimap_mode=minimap_mode, extra_features=extra_features)
+    agents = tuple(env.possible_agents)
+    obs_shape = env.observation_space(agents[0]).shape
+    env.close()
+    return EnvSpec(
+        name=name,
+        agent_names=agents,
+        obs_shape=tuple(obs_shape),
+        n_actions=21,  # 13 moves and 8 attacks
+        teams=tuple(a.split("_")[0] for a in agents),
+        agents_can_die=True,
+        capabilities=frozenset({"neighbours"}),
+    )
+
+
+def neighbour_mask(positions: torch.Tensor, alive: torch.Tensor, teams: torch.Tensor, radius: int) -> torch.Tensor:
+    """[E, A, A] bool: j is a neighbour of i when both live, share a team, j != i, and max(|dx|, |dy|) <= radius.
+
+    positions [E, A, 2], alive [E, A], teams [A] (team index of each slot)."""
+    gap = (positions[:, :, None, :] - positions[:, None, :, :]).abs().amax(-1)
+    same_team = teams[:, None] == teams[None, :]
+    not_self = ~torch.eye(len(teams), dtype=torch.bool, device=positions.device)
+    return (gap <= radius) & same_team & not_self & alive[:, :, None] & alive[:, None, :]
+
+
+class BattleVecEnv:
+    """``num_envs`` copies of battle_v4 as one batched environment with fixed agent slots."""
+
+    def __init__(self, num_envs: int, seed: int, device="cpu", name: str = "battle", *, map_size: int, max_cycles: int,
+                 view_radius: int, minimap_mode: bool, extra_features: bool, step_reward: float, dead_penalty: float,
+                 attack_penalty: float, attack_opponent_reward: float):
+        self.num_envs, self.device = num_envs, torch.device(device)
+        self.spec = battle_spec(map_size, name, extra_features, minimap_mode)
+        self.n_agents = A = self.spec.n_agents
+        self.view_radius = view_radius
+        kwargs = dict(map_size=map_size, max_cycles=max_cycles, minimap_mode=minimap_mode, extra_features=extra_features,
+                      step_reward=step_reward, dead_penalty=dead_penalty, attack_penalty=attack_penalty,
+                      attack_opponent_reward=attack_opponent_reward)
+        self.envs = [battle_v4.parallel_env(**kwargs) for _ in range(num_envs)]
+        self.seeds = [copy_seed(seed, i) for i in range(num_envs)]
+        self.names = self.spec.agent_names
+        self.index = {agent: i for i, agent in enumerate(self.names)}
+        self.team_index = np.array([TEAMS.index(t) for t in self.spec.teams])
+        self.team_of = torch.as_tensor(self.team_index, device=self.device)
+        self.obs_shape = self.spec.obs_shape
+        self.alive = np.zeros((num_envs, A), dtype=bool)
+        self.positions = np.zeros((num_envs, A, 2), dtype=np.int64)
+        self.prev_actions = torch.full((num_envs, A), -1, dtype=torch.long, device=self.device)
+        self.obs = np.zeros((num_envs, A, *self.obs_shape), dtype=np.float32)
+        self._actions: np.ndarray | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ library state -> arrays
+    def _read_state(self, e: int) -> None:
+        """Alive flags and positions of copy e's agents, from the game."""
+        game = self.envs[e].unwrapped.env
+        self.alive[e] = False
+        for handle in self.envs[e].unwrapped.handles:
+            ids = np.asarray(game.get_agent_id(handle))
+            if len(ids):
+                self.alive[e, ids] = True
+                self.positions[e, ids] = np.asarray(game.get_pos(handle))
+
+    def _reset_copy(self, e: int, seed: int | None) -> np.ndarray:
+        obs, _ = self.envs[e].reset(seed=seed)
+        out = np.zeros((self.n_agents, *self.obs_shape), dtype=np.float32)
+        for i, agent in enumerate(self.names):
+            out[i] = obs[agent]
+        self._read_state(e)
+        self.prev_actions[e] = -1
+        return out
+
+    def reset(self) -> torch.Tensor:
+        for e in range(self.num_envs):
+            self.obs[e] = self._reset_copy(e, self.seeds[e])
+        return torch.as_tensor(self.obs, device=self.device).clone()
+
+    # ------------------------------------------------------------------ stepping
+    def step_async(self, actions: torch.Tensor) -> None:
+        self._actions = actions.cpu().numpy()
+
+    def step_wait(self) -> VecStep:
+        E, A = self.num_envs, self.n_agents
+        actions, self._actions = self._actions, None
+        next_obs = np.zeros((E, A, *self.obs_shape), dtype=np.float32)
+        reward = np.zeros((E, A), dtype=np.float32)
+        terminated = np.zeros((E, A), dtype=bool)
+        truncated = np.zeros((E, A), dtype=bool)
+        acted = self.alive.copy()
+        ended = np.zeros(E, dtype=bool)
+        kills = np.zeros((E, 2), dtype=np.float32)
+        for e, env in enumerate(self.envs):
+            living = env.agents
+            obs, rew, term, trunc, _ = env.step({agent: int(actions[e, self.index[agent]]) for agent in living})
+            for agent in living:
+                i = self.index[agent]
+                next_obs[e, i], reward[e, i], terminated[e, i], truncated[e, i] = obs[agent], rew[agent], term[agent], trunc[agent]
+            self._read_state(e)
+            survivors = [int(self.alive[e][self.team_index == t].sum()) for t in range(2)]
+            if not env.agents or min(survivors) == 0:  # time is up, or one team is gone
+                ended[e] = True
+                terminated[e] |= acted[e] & ~truncated[e] & (min(survivors) == 0)
+                kills[e] = [A // 2 - survivors[1], A // 2 - survivors[0]]  # red kills = blue dead
+        self.prev_actions = torch.as_tensor(np.where(self.alive, actions, -1), device=self.device)
+        obs = next_obs.copy()
+        obs[~self.alive] = 0.0
+        for e in np.flatnonzero(ended):
+            obs[e] = self._reset_copy(e, None)
+        self.obs = obs
+        info = {}
+        if ended.any():
+            red, blue = kills[:, 0], kills[:, 1]
+            info = {
+                "game/red_win": torch.as_tensor((red > blue).astype(np.float32)),
+                "game/blue_win": torch.as_tensor((blue > red).astype(np.float32)),
+                "game/draw": torch.as_tensor((red == blue).astype(np.float32)),
+                "game/red_kills": torch.as_tensor(red), "game/blue_kills": torch.as_tensor(blue),
+            }
+            info = {k: v.to(self.device) for k, v in info.items()}
+        dev = self.device
+        return VecStep(
+            obs=torch.as_tensor(obs, device=dev),
+            next_obs=torch.as_tensor(next_obs, device=dev),
+            reward=torch.as_tensor(reward, device=dev),
+            terminated=torch.as_tensor(terminated, device=dev),
+            truncated=torch.as_tensor(truncated, device=dev),
+            alive=torch.as_tensor(acted, device=dev),
+            episode_end=torch.as_tensor(ended, device=dev),
+            episode_info=info,
+        )
+
+    def step(self, actions: torch.Tensor) -> VecStep:
+        self.step_async(actions)
+        return self.step_wait()
+
+    # ------------------------------------------------------------------ what mean-field algorithms read
+    def context(self) -> dict:
+        alive = torch.as_tensor(self.alive, device=self.device)
+        positions = torch.as_tensor(self.positions, device=self.device)
+        mask = neighbour_mask(positions, alive, self.team_of, self.view_radius)
+        return {"neighbours": MaskNeighbours(mask), "prev_actions": self.prev_actions.masked_fill(~alive, -1), "alive": alive}
+
+    def state_metrics(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for env in self.envs:
+                env.close()
+
+
+def make_battle(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "battle", **kwargs) -> BattleVecEnv:
+    """battle_v4 copies stepped in this process (``num_workers`` is not used: the C++ game is fast)."""
+    return BattleVecEnv(num_envs, seed, device, name, **kwargs)
