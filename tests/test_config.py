@@ -99,3 +99,19 @@ def test_experiment_presets_override_the_run_keys(compose_cfg):
     assert cfg.hardware.env_workers == 0
     cfg = compose_cfg(["experiment=super_pursuit", "total_steps=5000"])  # the command line still wins over the preset
     assert (cfg.total_steps, cfg.eval_interval, cfg.eval_episodes) == (5000, 4000, 20)
+
+
+def test_mfq_defaults_are_the_papers_battle_settings(compose_cfg):
+    cfg = compose_cfg(["algo=mfq", "env=battle"])
+    a, e = cfg.algo, cfg.env
+    assert (a.lr, a.gamma, a.tau, a.batch_size, a.buffer_size) == (1e-4, 0.95, 0.005, 64, 80_000)
+    assert (list(a.conv_channels), a.obs_hidden, list(a.hidden)) == ([32, 32], 256, [128, 64])
+    assert (a.controller, a.opponent, a.rounds) == ("mfq", "mfq", 0)
+    assert (e.map_size, e.max_cycles, e.view_radius) == (40, 400, 6)
+
+
+@pytest.mark.parametrize("experiment, controller, opponent", [("mfq_battle", "mfq", "random"), ("mfq_vs_il", "mfq", "iql")])
+def test_mean_field_presets_set_the_sides(compose_cfg, experiment, controller, opponent):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert (cfg.algo.name, cfg.env.name, cfg.algo.controller, cfg.algo.opponent) == ("mfq", "battle", controller, opponent)
+    assert cfg.eval_episodes == 50  # the paper's 50 evaluation rounds

@@ -5,7 +5,7 @@ import pytest
 import torch
 from magent2.environments import battle_v4
 
-from marlrun.algos.mfq import MFQ, boltzmann
+from marlrun.algos.mfq import MFQ, boltzmann, greedy
 from marlrun.envs.base import EnvSpec, IndexNeighbours, MaskNeighbours, VecStep
 from marlrun.envs.battle import BattleVecEnv, neighbour_mask
 from marlrun.envs.vector import copy_seed
@@ -140,13 +140,16 @@ def test_mean_field_of_the_first_step_uses_previous_actions_and_rounds_refine_it
         assert algo.acted[-1][0].tolist() == [expected] * 3
 
 
-def test_boltzmann_samples_the_softmax():
+@pytest.mark.parametrize("q", [[1.0, 0.0, -1.0, 0.5], [0.3, -0.4]])  # two actions take the logistic shortcut
+def test_boltzmann_samples_the_softmax(q):
     g = torch.Generator().manual_seed(0)
-    q = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    q = torch.tensor(q)
+    K = len(q)
     for temperature in (0.5, 2.0):
-        draws = boltzmann(q.expand(200_000, 4), temperature, g)
-        freq = torch.bincount(draws, minlength=4).float() / len(draws)
+        draws = boltzmann(q.expand(200_000, K), temperature, g)
+        freq = torch.bincount(draws, minlength=K).float() / len(draws)
         torch.testing.assert_close(freq, torch.softmax(q / temperature, 0), atol=4e-3, rtol=0)
+    assert greedy(q.expand(3, K)).tolist() == [int(q.argmax())] * 3
 
 
 def test_double_dqn_target_and_iql_ignores_the_mean_action():
