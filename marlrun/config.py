@@ -46,12 +46,16 @@ class HardwareConfig:
 
 
 # --------------------------------------------------------------------------- environments
+PURSUIT_BACKENDS = ("native", "pettingzoo")
+
+
 @dataclass
 class PursuitConfig:
     """PettingZoo SISL pursuit_v5; every constructor argument is exposed with the library's default."""
 
     _target_: str = "marlrun.envs.pursuit.make_pursuit"
     name: str = "pursuit"
+    backend: str = "native"  # native: marlrun's batched torch pursuit (same dynamics, tested in lockstep); pettingzoo: the library's
     x_size: int = 16  # grid width
     y_size: int = 16  # grid height
     n_pursuers: int = 8  # learning agents
@@ -68,6 +72,7 @@ class PursuitConfig:
     max_cycles: int = 500  # steps before truncation
 
     def __post_init__(self) -> None:
+        _require(self.backend in PURSUIT_BACKENDS, "env.backend", f"unknown backend '{self.backend}'; pick one of {', '.join(PURSUIT_BACKENDS)}")
         _require(self.x_size >= 2 and self.y_size >= 2, "env.x_size/env.y_size", "the grid must be at least 2x2")
         _require(self.n_pursuers >= 1, "env.n_pursuers", "must be >= 1")
         _require(self.n_evaders >= 1, "env.n_evaders", "must be >= 1")

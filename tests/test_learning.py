@@ -22,7 +22,7 @@ class RandomPolicy:
     def __init__(self, n_actions, seed=0):
         self.n_actions, self.generator = n_actions, torch.Generator().manual_seed(seed)
 
-    def act(self, obs, env_steps, greedy=False):
+    def act(self, obs, env_steps, greedy=False, context=None):
         return torch.randint(0, self.n_actions, obs.shape[:2], generator=self.generator)
 
 

@@ -21,7 +21,7 @@ class RandomGoodAgents:
     def __init__(self, algo, good: list[int]):
         self.algo, self.good, self.generator = algo, good, torch.Generator().manual_seed(0)
 
-    def act(self, obs, env_steps, greedy=False):
+    def act(self, obs, env_steps, greedy=False, context=None):
         actions = self.algo.act(obs, env_steps, greedy)
         actions[:, self.good] = torch.randint(0, 5, (obs.shape[0], len(self.good)), generator=self.generator)
         return actions

@@ -70,7 +70,7 @@ def test_same_seed_same_metrics_different_seed_different(compose_cfg, tmp_path):
 
 
 def test_same_seed_same_metrics_with_worker_processes(compose_cfg, tmp_path):
-    overrides = [*SHORT, "hardware.env_workers=2", "eval_episodes=0"]
+    overrides = [*SHORT, "env.backend=pettingzoo", "hardware.env_workers=2", "eval_episodes=0"]
     train(compose_cfg(overrides), tmp_path / "a")
     train(compose_cfg(overrides), tmp_path / "b")
     assert scalars_without_timing(read_metrics(tmp_path / "a")) == scalars_without_timing(read_metrics(tmp_path / "b"))
@@ -112,7 +112,7 @@ def test_checkpoint_holds_only_tensors_and_plain_data(compose_cfg, tmp_path):
 def test_sigterm_to_the_whole_process_group_with_workers_stops_cleanly(tmp_path):
     """Schedulers signal every process of a job: env workers must ignore it and let the main process checkpoint."""
     run = tmp_path / "run"
-    args = [*SMALL_PURSUIT, "hardware.env_workers=1", "total_steps=100000", "log_interval=100", "eval_episodes=0",
+    args = [*SMALL_PURSUIT, "env.backend=pettingzoo", "hardware.env_workers=1", "total_steps=100000", "log_interval=100", "eval_episodes=0",
             "algo.buffer_size=2000", "algo.learning_starts=100", f"hydra.run.dir={run}"]
     proc = start_training(args, tmp_path, run, records=2, start_new_session=True)
     os.killpg(proc.pid, signal.SIGTERM)

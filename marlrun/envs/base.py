@@ -55,6 +55,47 @@ class VecStep(NamedTuple):
     episode_info: dict[str, torch.Tensor] = {}  # name -> [E]: game scores of the episodes that ended (read where episode_end)
 
 
+class VecEnv:
+    """What the runner calls on a batched environment; adapters subclass it and override what they have.
+
+    ``reset() -> obs``; ``step_async(actions)`` then ``step_wait() -> VecStep`` (or ``step``); attributes ``spec``,
+    ``num_envs``, ``n_agents``, ``device``.
+    """
+
+    spec: EnvSpec
+    num_envs: int
+    n_agents: int
+    device: torch.device
+
+    def reset(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step_wait(self) -> "VecStep":
+        raise NotImplementedError
+
+    def step(self, actions: torch.Tensor) -> "VecStep":
+        self.step_async(actions)
+        return self.step_wait()
+
+    def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Game metrics computed from final observations [E, A, ...]: name -> [E]. None by default."""
+        return {}
+
+    def context(self) -> dict:
+        """What an algorithm needs beyond observations to act on the current state (neighbours...). None by default."""
+        return {}
+
+    def state_metrics(self) -> dict[str, float]:
+        """Scalars of the current state of the copies, logged at every log step. None by default."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
 class Neighbours:
     """Who is whose neighbour in the current state, for mean-field algorithms.
 

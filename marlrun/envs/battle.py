@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from magent2.environments import battle_v4
 
-from marlrun.envs.base import EnvSpec, MaskNeighbours, VecStep
+from marlrun.envs.base import EnvSpec, MaskNeighbours, VecEnv, VecStep
 from marlrun.envs.vector import copy_seed
 
 TEAMS = ("red", "blue")
@@ -48,7 +48,7 @@ def neighbour_mask(positions: torch.Tensor, alive: torch.Tensor, teams: torch.Te
     return (gap <= radius) & same_team & not_self & alive[:, :, None] & alive[:, None, :]
 
 
-class BattleVecEnv:
+class BattleVecEnv(VecEnv):
     """``num_envs`` copies of battle_v4 as one batched environment with fixed agent slots."""
 
     def __init__(self, num_envs: int, seed: int, device="cpu", name: str = "battle", *, map_size: int, max_cycles: int,
@@ -154,9 +154,6 @@ class BattleVecEnv:
             episode_info=info,
         )
 
-    def step(self, actions: torch.Tensor) -> VecStep:
-        self.step_async(actions)
-        return self.step_wait()
 
     # ------------------------------------------------------------------ what mean-field algorithms read
     def context(self) -> dict:
@@ -164,9 +161,6 @@ class BattleVecEnv:
         positions = torch.as_tensor(self.positions, device=self.device)
         mask = neighbour_mask(positions, alive, self.team_of, self.view_radius)
         return {"neighbours": MaskNeighbours(mask), "prev_actions": self.prev_actions.masked_fill(~alive, -1), "alive": alive}
-
-    def state_metrics(self) -> dict[str, float]:
-        return {}
 
     def close(self) -> None:
         if not self._closed:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pettingzoo.utils.env import ParallelEnv
 
-from marlrun.envs.base import EnvSpec, IndexNeighbours, VecStep
+from marlrun.envs.base import EnvSpec, IndexNeighbours, VecEnv, VecStep
 
 REWARDS = ("physical", "alignment")
 NEIGHBOURS = {1: (2,), 2: (4, 8)}  # allowed neighbourhood sizes per lattice dimension
@@ -70,7 +70,7 @@ def ising_spec(dims: int = 2, L: int = 32, neighbours: int = 4, name: str = "isi
     )
 
 
-class IsingVecEnv:
+class IsingVecEnv(VecEnv):
     """``num_envs`` independent periodic Ising lattices, stepped at once as tensors [envs, spins, ...] on ``device``.
 
     Episodes last exactly ``max_cycles`` steps (truncation, never termination); a finished lattice is reset to
@@ -205,10 +205,6 @@ class IsingVecEnv:
             episode_end=done,
             episode_info=info,
         )
-
-    def step(self, actions: torch.Tensor) -> VecStep:
-        self.step_async(actions)
-        return self.step_wait()
 
     def context(self) -> dict:
         """The lattice neighbourhood and every spin's previous action (its current spin, also right after reset)."""

@@ -30,6 +30,12 @@ def pursuit_spec(n_pursuers: int, obs_range: int, name: str = "pursuit") -> EnvS
     )
 
 
-def make_pursuit(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "pursuit", **kwargs) -> PettingZooVecEnv:
+def make_pursuit(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "pursuit", backend: str = "pettingzoo", **kwargs):
+    """pursuit_v5 copies: PettingZoo's own (``backend="pettingzoo"``, stepped by SuperSuit in ``num_workers``
+    processes) or marlrun's batched torch re-implementation on ``device`` (``backend="native"``)."""
+    if backend == "native":
+        from marlrun.envs.pursuit_native import make_pursuit_native
+
+        return make_pursuit_native(num_envs, num_workers, seed, device, name, **kwargs)
     spec = pursuit_spec(kwargs["n_pursuers"], kwargs["obs_range"], name)
     return PettingZooVecEnv(PursuitFactory(**kwargs), spec, num_envs, num_workers, seed, device)

@@ -18,7 +18,7 @@ import torch
 from pettingzoo.utils.env import ParallelEnv
 from supersuit.vector import ConcatVecEnv, MarkovVectorEnv, ProcConcatVec
 
-from marlrun.envs.base import EnvSpec, VecStep
+from marlrun.envs.base import EnvSpec, VecEnv, VecStep
 
 
 class EnvWorkerDied(RuntimeError):
@@ -134,7 +134,7 @@ class _Group:
         return ConcatVecEnv(self.factories)
 
 
-class PettingZooVecEnv:
+class PettingZooVecEnv(VecEnv):
     """``num_envs`` copies of a homogeneous PettingZoo ParallelEnv as one batched environment."""
 
     def __init__(self, make_env: Callable[[], ParallelEnv], spec: EnvSpec, num_envs: int, num_workers: int, seed: int, device: torch.device | str = "cpu"):
@@ -192,22 +192,6 @@ class PettingZooVecEnv:
             episode_end=torch.as_tensor(done, device=self.device),
             episode_info=self.episode_metrics(next_obs) if done.any() else {},
         )
-
-    def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Game metrics computed from final observations [E, A, ...]: name -> [E]. None by default."""
-        return {}
-
-    def context(self) -> dict:
-        """What an algorithm needs beyond observations to act on the current state (neighbours...). None here."""
-        return {}
-
-    def state_metrics(self) -> dict[str, float]:
-        """Scalars of the current state of the copies, logged at every log step. None here."""
-        return {}
-
-    def step(self, actions: torch.Tensor) -> VecStep:
-        self.step_async(actions)
-        return self.step_wait()
 
     def close(self) -> None:
         if not self._closed:
