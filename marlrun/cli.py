@@ -17,6 +17,8 @@ commands:
   train    train an algorithm on an environment (Hydra overrides, e.g. `marlrun train algo.sharing=none seed=1`)
            `marlrun train --help` lists the config groups; `marlrun train --cfg job` prints the composed config;
            `marlrun train resume=RUN_DIR [total_steps=N]` continues a run from its last checkpoint
+  bench    raw environment, acting and training throughput and peak memory per algorithm and environment case,
+           side by side; a table and JSON (`marlrun bench --help`; `marlrun bench --case mfq-ising-256`)
 """
 
 EXIT_USER_ERROR = 2
@@ -145,7 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)
-    return fail(f"unknown command '{command}'; commands: train (see `marlrun --help`)")
+    if command == "bench":
+        return bench_main(rest)
+    return fail(f"unknown command '{command}'; commands: train, bench (see `marlrun --help`)")
+
+
+def bench_main(args: list[str]) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from marlrun.bench import main as bench
+    from marlrun.errors import UserError
+
+    try:
+        return bench(args)
+    except UserError as exc:
+        return fail(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        return fail(_hydra_message(exc))
 
 
 if __name__ == "__main__":

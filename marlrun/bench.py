@@ -1,0 +1,215 @@
+"""`marlrun bench`: raw environment, acting and training throughput and peak memory, per algorithm and environment.
+
+    marlrun bench [hydra overrides ...] [--case NAME ...] [--seconds 20] [--train-steps N] [--json out.json]
+
+Each case runs in a fresh process of its own (so its peak memory is its own), one after the other, on the
+configured device. For each case:
+
+1. raw: the configured number of environment copies (in the configured worker processes), stepped with random
+   actions for --seconds;
+2. act: the same, with the untrained algorithm choosing every action (no learning), for --seconds;
+3. train: `marlrun train` with the same config for --train-steps env steps past the algorithm's ``learning_starts``
+   (so every measured step includes learning), read back from the run's own perf/steps_per_sec records;
+4. memory: the process's peak resident memory, and the peak CUDA memory allocated when the device is a GPU.
+
+Raw-only cases (``*-raw``) skip acting and training. Cases run side by side on the same machine state, so ratios
+between them are the figures to compare. Prints a table and writes JSON (machine, torch version, every figure),
+so that two machines or two commits can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.table import Table
+
+from marlrun.config import register_configs, validate
+from marlrun.errors import UserError
+from marlrun.metrics import read_metrics
+from marlrun.runner import make_env, resolve_device, torch_threads, train
+
+RESULT = "BENCH_RESULT "  # prefix of the line a child process reports its figures on
+
+CASES = {  # name: (overrides, default env steps of training to measure (0: raw only), env steps per log record)
+    "pursuit-pettingzoo-raw": (["env=pursuit", "env.backend=pettingzoo", "hardware.num_envs=1", "hardware.env_workers=0"], 0, 0),
+    "pursuit-native-1024-raw": (["env=pursuit", "env.backend=native", "hardware.num_envs=1024", "hardware.env_workers=0"], 0, 0),
+    "super_ddqn-pursuit": (["algo=super_ddqn", "env=pursuit"], 4000, 1000),
+    "super_ddqn-pursuit-pettingzoo": (["algo=super_ddqn", "env=pursuit", "env.backend=pettingzoo"], 4000, 1000),
+    "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000, 1000),
+    "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000, 1000),
+    "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000, 1000),
+    "mfq-battle": (["experiment=mfq_battle"], 2000, 500),
+    "mfq-ising-256": (["experiment=mfq_ising", "env.L=256", "hardware.num_envs=16", "algo.learning_starts=0"], 64, 16),
+}
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_module("marlrun.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def random_actions(spec, num_envs: int, gen: torch.Generator) -> torch.Tensor:
+    if spec.discrete_actions:
+        return torch.randint(0, spec.n_actions, (num_envs, spec.n_agents), generator=gen)
+    low, high = spec.action_bounds
+    return low + (high - low) * torch.rand(num_envs, spec.n_agents, spec.n_actions, generator=gen)
+
+
+def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, int]:
+    """Env steps per second with random actions, and the number of agents."""
+    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
+    try:
+        env.reset()
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(5):  # warm up the workers
+            env.step(random_actions(env.spec, env.num_envs, gen))
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            env.step(random_actions(env.spec, env.num_envs, gen))
+            steps += env.num_envs
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return steps / (time.perf_counter() - start), env.spec.n_agents
+    finally:
+        env.close()
+
+
+def act_throughput(cfg, seconds: float, device: torch.device) -> float:
+    """Env steps per second with the algorithm (untrained) choosing every action: acting without learning."""
+    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
+    try:
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed)
+        obs = env.reset()
+        for _ in range(2):  # warm up
+            obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
+            steps += env.num_envs
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return steps / (time.perf_counter() - start)
+    finally:
+        env.close()
+
+
+def train_throughput(overrides: list[str], learning_starts: int, train_steps: int, log: int) -> tuple[float, float]:
+    """Env steps and update rounds per second of `marlrun train`, over log intervals that all include learning."""
+    warm = -(-learning_starts // log) * log + log  # first full log interval with learning in it
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config([*overrides, f"total_steps={warm + train_steps}", f"log_interval={log}", "eval_episodes=0",
+                              "progress=false", "print_config=false", "save_replay=false", f"checkpoint_interval={10**9}"])
+        train(cfg, run_dir)
+        records = [r for r in read_metrics(run_dir) if r["step"] > warm and "perf/steps_per_sec" in r]
+    return (sum(r["perf/steps_per_sec"] for r in records) / len(records),
+            sum(r["perf/updates_per_sec"] for r in records) / len(records))
+
+
+def measure_case(name: str, extra: list[str], seconds: float, train_steps: int | None) -> dict:
+    """Every figure of one case, measured in this process."""
+    case_overrides, default_steps, log = CASES[name]
+    overrides = [*case_overrides, *extra]
+    cfg = compose_config(overrides)
+    validate(cfg)
+    device = resolve_device(cfg.hardware.device)
+    torch.set_num_threads(torch_threads(cfg.hardware))
+    raw, n_agents = raw_throughput(cfg, seconds, device)
+    result = {
+        "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,
+        "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": str(device),
+        "torch_threads": torch.get_num_threads(), "raw_env_steps_per_sec": round(raw, 1), "raw_agent_steps_per_sec": round(raw * n_agents, 1),
+    }
+    if default_steps:
+        act = act_throughput(cfg, seconds, device)
+        steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.learning_starts, train_steps or default_steps, log)
+        result.update({
+            "act_env_steps_per_sec": round(act, 1), "act_agent_steps_per_sec": round(act * n_agents, 1),
+            "train_env_steps_per_sec": round(steps_per_sec, 1), "train_agent_steps_per_sec": round(steps_per_sec * n_agents, 1),
+            "train_updates_per_sec": round(updates_per_sec, 1), "train_over_raw": round(steps_per_sec / raw, 3),
+        })
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
+
+
+def run_case_in_child(name: str, extra: list[str], seconds: float, train_steps: int | None, timeout: float) -> dict:
+    """``measure_case`` in a fresh Python process, so that peak memory belongs to the case alone."""
+    command = [sys.executable, "-m", "marlrun.bench", "--child", name, "--seconds", str(seconds), *extra]
+    if train_steps:
+        command += ["--train-steps", str(train_steps)]
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"bench case {name} did not finish within {timeout:.0f} s (raise --timeout)") from None
+    lines = [line for line in child.stdout.splitlines() if line.startswith(RESULT)]
+    if child.returncode != 0 or not lines:
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"bench case {name} failed: {last}")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def fmt(value, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(results: list[dict]) -> None:
+    table = Table(title="raw environment, acting and training throughput, peak memory (env steps/s summed over copies)")
+    for column in ("case", "device", "copies/workers/threads", "agents", "raw env steps/s", "act agent-steps/s",
+                   "train env steps/s", "train agent-steps/s", "updates/s", "train / raw", "peak RSS MiB", "peak CUDA MiB"):
+        table.add_column(column, justify="right", no_wrap=column == "case")
+    for r in results:
+        table.add_row(r["case"], r["device"], f"{r['num_envs']}/{r['env_workers']}/{r['torch_threads']}", f"{r['agents']:,}",
+                      fmt(r["raw_env_steps_per_sec"]), fmt(r.get("act_agent_steps_per_sec")), fmt(r.get("train_env_steps_per_sec")),
+                      fmt(r.get("train_agent_steps_per_sec")), fmt(r.get("train_updates_per_sec"), ",.1f"),
+                      fmt(r.get("train_over_raw"), ".0%"), fmt(r["peak_rss_mib"]), fmt(r.get("peak_cuda_mib")))
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="marlrun bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for every case, as for `marlrun train`")
+    parser.add_argument("--case", action="append", help=f"cases to run (repeatable; default: all): {', '.join(CASES)}")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to step each raw environment and each acting policy")
+    parser.add_argument("--train-steps", type=int, default=None, help="env steps of training measured after learning starts")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench.json"), help="where to write the figures")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one case may take before it is stopped")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one case in this process
+    args = parser.parse_args(argv)
+    register_configs()
+    if args.child:
+        print(RESULT + json.dumps(measure_case(args.child, args.overrides, args.seconds, args.train_steps)), flush=True)
+        return 0
+    unknown = [name for name in args.case or [] if name not in CASES]
+    if unknown:
+        raise UserError(f"unknown bench case {', '.join(unknown)}; pick from {', '.join(CASES)}")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds must be > 0, got {args.seconds}")
+    results = []
+    for name in args.case or list(CASES):
+        results.append(run_case_in_child(name, args.overrides, args.seconds, args.train_steps, args.timeout))
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    print_table(results)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
