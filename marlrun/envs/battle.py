@@ -71,7 +71,6 @@ class BattleVecEnv(VecEnv):
         self.alive = np.zeros((num_envs, A), dtype=bool)
         self.positions = np.zeros((num_envs, A, 2), dtype=np.int64)
         self.prev_actions = torch.full((num_envs, A), -1, dtype=torch.long, device=self.device)
-        self.obs = np.zeros((num_envs, A, *self.obs_shape), dtype=np.float32)
         self._actions: np.ndarray | None = None
         self._closed = False
 
@@ -96,9 +95,8 @@ class BattleVecEnv(VecEnv):
         return out
 
     def reset(self) -> torch.Tensor:
-        for e in range(self.num_envs):
-            self.obs[e] = self._reset_copy(e, self.seeds[e])
-        return torch.as_tensor(self.obs, device=self.device).clone()
+        obs = np.stack([self._reset_copy(e, self.seeds[e]) for e in range(self.num_envs)])
+        return torch.as_tensor(obs, device=self.device)
 
     # ------------------------------------------------------------------ stepping
     def step_async(self, actions: torch.Tensor) -> None:
@@ -131,7 +129,6 @@ class BattleVecEnv(VecEnv):
         obs[~self.alive] = 0.0
         for e in np.flatnonzero(ended):
             obs[e] = self._reset_copy(e, None)
-        self.obs = obs
         info = {}
         if ended.any():
             red, blue = kills[:, 0], kills[:, 1]
