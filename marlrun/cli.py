@@ -17,6 +17,11 @@ commands:
   train    train an algorithm on an environment (Hydra overrides, e.g. `marlrun train algo.sharing=none seed=1`)
            `marlrun train --help` lists the config groups; `marlrun train --cfg job` prints the composed config;
            `marlrun train resume=RUN_DIR [total_steps=N]` continues a run from its last checkpoint
+  report   compare runs: `marlrun report DIR [DIR ...]` groups runs by the config keys that differ, aggregates seeds
+           (mean and 95% bootstrap interval of final return, area under the curve, steps to a threshold), writes CSV
+           and learning-curve plots (`marlrun report --help`)
+  eval     play a run's greedy policy from its checkpoint: `marlrun eval RUN_DIR [episodes=N] [seed=N] [render=true]`
+           prints the training-time evaluation metrics; render=true writes a GIF/MP4 and adds it to TensorBoard
   bench    raw environment, acting and training throughput and peak memory per algorithm and environment case,
            side by side; a table and JSON (`marlrun bench --help`; `marlrun bench --case mfq-ising-256`)
 """
@@ -102,13 +107,24 @@ def train_main(args: list[str]) -> int:
     register_configs()
     outcome: dict = {}
 
+    multirun = "-m" in args or "--multirun" in args
+    if multirun and any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in args):
+        return fail("--cfg and --info show one job's config; drop -m/--multirun to see it (the sweep's values are overrides)")
+    job_state: dict = {}  # outlives the jobs a launcher runs in this process
+
     @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from marlrun.runner import train
+        from marlrun.sweep import run_job
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            run_job(cfg, run_dir, hydra_cfg, job_state)
+            return
         try:
             summary = train(cfg, run_dir)
         except UserError as exc:  # reported after Hydra returns, as one line
@@ -121,6 +137,8 @@ def train_main(args: list[str]) -> int:
     sys.argv = ["marlrun train", *args]
     try:
         app()
+        if multirun:
+            return _sweep_exit()
     except UserError as exc:
         return fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
@@ -133,10 +151,27 @@ def train_main(args: list[str]) -> int:
         raise
     except KeyboardInterrupt:
         print("marlrun: interrupted", file=sys.stderr)
+        if multirun:
+            _sweep_exit()
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): say so, then the jobs
+        if not multirun:
+            raise
+        fail(f"the sweep's launcher stopped: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        _sweep_exit()
+        return EXIT_USER_ERROR
     if "error" in outcome:
         return fail(outcome["error"])
     return EXIT_INTERRUPTED if outcome.get("stopped") else 0
+
+
+def _sweep_exit() -> int:
+    """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish."""
+    from marlrun.runner import console
+    from marlrun.sweep import summarize_sweep, sweep_dirs
+
+    failed = sum(summarize_sweep(d, console) for d in sweep_dirs if d.is_dir())
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,23 +183,34 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         return train_main(rest)
     if command == "bench":
-        return bench_main(rest)
-    return fail(f"unknown command '{command}'; commands: train, bench (see `marlrun --help`)")
+        return guarded("marlrun.bench", rest)
+    if command == "report":
+        return guarded("marlrun.report", rest)
+    if command == "eval":
+        return guarded("marlrun.evaluation", rest)
+    return fail(f"unknown command '{command}'; commands: train, report, eval, bench (see `marlrun --help`)")
 
 
-def bench_main(args: list[str]) -> int:
+def guarded(module: str, args: list[str]) -> int:
+    """Run ``module.main(args)``, turning user errors into one line."""
+    import importlib
+
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from marlrun.bench import main as bench
     from marlrun.errors import UserError
 
     try:
-        return bench(args)
+        return importlib.import_module(module).main(args)
     except UserError as exc:
         return fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         return fail(_hydra_message(exc))
+    except KeyboardInterrupt:
+        print("marlrun: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 
 
 if __name__ == "__main__":

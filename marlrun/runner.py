@@ -49,11 +49,12 @@ def next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval
 
 
-def torch_threads(hardware: DictConfig) -> int:
-    """Explicit setting, else the cores the environment workers leave free (at least 1, at most 4)."""
+def torch_threads(hardware: DictConfig, parallel_jobs: int = 1) -> int:
+    """Explicit setting, else this job's share of the cores (``parallel_jobs`` run side by side) less the ones its
+    environment workers use (at least 1, at most 4)."""
     if hardware.torch_threads:
         return hardware.torch_threads
-    return max(1, min(4, (os.cpu_count() or 1) - hardware.env_workers))
+    return max(1, min(4, (os.cpu_count() or 1) // parallel_jobs - hardware.env_workers))
 
 
 def seed_everything(seed: int) -> None:
@@ -123,32 +124,65 @@ def episode_scalars(env, returns: torch.Tensor, lengths: torch.Tensor, info: dic
     return out
 
 
-def evaluate(algo: Algorithm, env, env_steps: int) -> dict[str, float]:
-    """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed); the means of ``episode_scalars``."""
+class seeded_policy:
+    """Within the block, the algorithm's and torch's random numbers come from ``seed``; afterwards both continue as
+    if the block had not run. Makes an evaluation with a stochastic policy (or random opponents) repeatable."""
+
+    def __init__(self, algo: Algorithm, seed: int, device: torch.device):
+        self.algo, self.seed, self.device = algo, seed, device
+
+    def __enter__(self):
+        self.fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        self.fork.__enter__()
+        torch.manual_seed(self.seed)
+        generator = getattr(self.algo, "generator", None)
+        self.saved = generator.get_state() if generator is not None else None
+        if generator is not None:
+            generator.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.algo.generator.set_state(self.saved)
+        return self.fork.__exit__(*exc)
+
+
+def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) -> dict[str, float]:
+    """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed), the policy's random numbers
+    drawn from ``seed``; returns the means of ``episode_scalars``. ``frame(env)``, if given, is called in every state
+    copy 0 acts in (to record an animation of its episode)."""
     obs = env.reset()
     returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
     lengths = torch.zeros(env.num_envs, device=obs.device)
     info: dict[str, torch.Tensor] = {}  # each copy's game metrics, from the step its episode ended
     running = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
-    while running.any():
-        step = env.step(algo.act(obs, env_steps, greedy=True, context=env.context()))
-        returns += step.reward * running[:, None]
-        lengths += running
-        ended = running & step.episode_end
-        for key, value in step.episode_info.items():
-            info.setdefault(key, torch.zeros(env.num_envs, device=obs.device))[ended] = value[ended].float()
-        running &= ~step.episode_end
-        obs = step.obs
+    with seeded_policy(algo, seed, obs.device):
+        while running.any():
+            if frame is not None and running[0]:
+                frame(env)
+            step = env.step(algo.act(obs, env_steps, greedy=True, context=env.context()))
+            returns += step.reward * running[:, None]
+            lengths += running
+            ended = running & step.episode_end
+            for key, value in step.episode_info.items():
+                info.setdefault(key, torch.zeros(env.num_envs, device=obs.device))[ended] = value[ended].float()
+            running &= ~step.episode_end
+            obs = step.obs
     return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train as ``cfg`` says, writing everything into ``run_dir``; returns the summary."""
+def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
+    """Train as ``cfg`` says, writing everything into ``run_dir``; returns the summary.
+
+    ``parallel_jobs``: runs sharing this machine's cores (a joblib multirun), for the default torch thread count.
+    Everything the run holds (environment workers, files, GPU memory) is released when it returns or fails, so a
+    launcher may run the next job in the same process.
+    """
     run_dir = Path(run_dir)
     validate(cfg)
     device = resolve_device(cfg.hardware.device)
-    torch.set_num_threads(torch_threads(cfg.hardware))
+    torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs))
     algo_cls = get_class(cfg.algo._target_)
 
     checkpoint = None
@@ -205,7 +239,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             nonlocal eval_env
             if eval_env is None:
                 eval_env = make_env(cfg, cfg.eval_episodes, env_seed(cfg.seed, 1), device)
-            result = evaluate(algo, eval_env, env_steps)
+            result = evaluate(algo, eval_env, env_steps, seed=env_seed(cfg.seed, 1))
             evals.append({"step": env_steps, **result})
             return result
 

@@ -392,12 +392,15 @@ class PursuitNativeVecEnv(VecEnv):
         self.kwargs = {**DEFAULTS, **kwargs}
         self.spec: EnvSpec = pursuit_spec(self.kwargs["n_pursuers"], self.kwargs["obs_range"], name)
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
-        sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
-        self.sim = PursuitNative(num_envs, device=self.device, seed=sim_seed, **self.kwargs)
+        self.sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
+        self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **self.kwargs)
         self._actions: torch.Tensor | None = None
         self._closed = False
 
     def reset(self) -> torch.Tensor:
+        """Every copy from its start, the generator re-seeded: each reset replays the same games (as PettingZoo's
+        copies do when reset with their seeds), so every evaluation sees the same starts."""
+        self.sim.generator.manual_seed(self.sim_seed)
         self.sim.reset()
         return self.sim.observe()
 

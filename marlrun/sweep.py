@@ -1,0 +1,133 @@
+"""Multiruns that survive their failures.
+
+Every job of ``marlrun train -m`` records its outcome in its own folder (``summary.json``: the runner's summary when it
+finishes, ``{"status": "failed: <why>"}`` and ``error.log`` when it does not), so one failing job never stops the
+others, whichever Hydra launcher runs them (in this process, joblib workers, SLURM nodes, Ray). When the sweep ends,
+the command line reads those files back and prints which jobs finished, which failed and where their folders are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+from rich.console import Console
+from rich.table import Table
+
+SUMMARY_FILE = "summary.json"
+ERROR_LOG = "error.log"
+SWEEP_SUMMARY_FILE = "sweep_summary.json"
+
+sweep_dirs: list[Path] = []  # folders of the multiruns started in this process (set by SweepRecorder)
+
+
+class SweepRecorder(Callback):
+    """Remembers where a multirun puts its jobs (configured in conf/config.yaml under hydra.callbacks)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dirs.append(Path(str(config.hydra.sweep.dir)).resolve())
+
+
+def parallel_jobs(hydra_cfg) -> int:
+    """How many jobs the launcher runs side by side on this machine (joblib's n_jobs; 1 for the others)."""
+    launcher = hydra_cfg.launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    cores = os.cpu_count() or 1
+    return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
+
+
+def record_failure(run_dir: Path, message: str, exc: BaseException | None = None, status: str = "failed") -> None:
+    """Write a job's failure into its folder; what the run already wrote (logs, checkpoints) stays."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": f"{status}: {message}", "run_dir": str(run_dir.resolve())}
+    if exc is not None:
+        (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
+        record["error_log"] = str((run_dir / ERROR_LOG).resolve())
+    tmp = run_dir / f".{SUMMARY_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, run_dir / SUMMARY_FILE)
+
+
+def job_outcomes(sweep_dir: Path) -> list[dict]:
+    """Each job folder's number, overrides, status and final evaluation return, in job order."""
+    jobs = []
+    for folder in sweep_dir.iterdir():
+        if not (folder / ".hydra").is_dir():
+            continue
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        summary_file = folder / SUMMARY_FILE
+        try:
+            summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        except json.JSONDecodeError:
+            summary = {}
+        jobs.append({
+            "job": folder.name,
+            "overrides": list(overrides or []),
+            "status": summary.get("status", "no summary: killed, crashed or still running"),
+            "final_eval_return": summary.get("final_eval_return"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "run_dir": str(folder.resolve()),
+        })
+    jobs.sort(key=lambda j: (not j["job"].isdigit(), int(j["job"]) if j["job"].isdigit() else 0, j["job"]))
+    shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
+    for j in jobs:  # what sets this job apart: the overrides not every job has
+        j["swept"] = " ".join(o for o in j["overrides"] if o not in shared)
+    return jobs
+
+
+def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
+    """One job of a multirun: train, and record any failure in the job's folder instead of raising, so the launcher
+    goes on with the other jobs. ``state`` lives as long as the process (jobs a launcher runs in it one by one)."""
+    import gc
+
+    import torch
+
+    from marlrun.errors import UserError
+    from marlrun.runner import train
+
+    if state.get("interrupted"):  # Ctrl-C or SIGTERM stopped an earlier job of this process: start no more
+        record_failure(run_dir, "the sweep was interrupted before this job started", status="skipped")
+        return
+    try:
+        summary = train(cfg, run_dir, parallel_jobs=parallel_jobs(hydra_cfg))
+        if summary["status"].startswith("stopped"):
+            state["interrupted"] = True
+    except UserError as exc:
+        record_failure(run_dir, str(exc))
+    except Exception as exc:  # a bug or a crash in this job: the traceback goes to its error.log
+        record_failure(run_dir, f"{type(exc).__name__}: {exc}", exc)
+    finally:  # what this job held goes before the launcher starts the next one in this process
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def summarize_sweep(sweep_dir: Path, console: Console) -> int:
+    """Print the jobs' outcomes, write them to ``sweep_summary.json``; returns how many did not finish."""
+    jobs = job_outcomes(sweep_dir)
+    finished = [j for j in jobs if j["status"] == "finished"]
+    table = Table(title=f"sweep: {len(finished)} of {len(jobs)} jobs finished")
+    for column in ("job", "overrides", "status", "final eval return", "wall s"):
+        table.add_column(column, overflow="fold", justify="right" if column in ("final eval return", "wall s") else "left")
+    for j in jobs:
+        style = "green" if j["status"] == "finished" else "red"
+        ret = "-" if j["final_eval_return"] is None else f"{j['final_eval_return']:.3f}"
+        wall = "-" if j["wall_time_s"] is None else f"{j['wall_time_s']:.0f}"
+        table.add_row(j["job"], j["swept"], f"[{style}]{j['status']}", ret, wall)
+    console.print(table)
+    tmp = sweep_dir / f".{SWEEP_SUMMARY_FILE}.tmp"
+    tmp.write_text(json.dumps(jobs, indent=2))
+    os.replace(tmp, sweep_dir / SWEEP_SUMMARY_FILE)
+    failed = len(jobs) - len(finished)
+    for j in jobs:
+        if j["status"] != "finished":
+            console.print(f"[red]job {j['job']}[/] ({j['swept']}): {j['status']}  [dim]{j['run_dir']}")
+    console.print(f"folders: {sweep_dir}   compare them: marlrun report {sweep_dir}")
+    return failed
