@@ -544,17 +544,11 @@ def _with_ci(e: Estimate | None, number=fmt) -> str:
     return "-" if e is None else f"{number(e.mean)}\n[{number(e.low)}, {number(e.high)}]"
 
 
-def results_table(report: MetricReport, n_boot: int, seed: int, include_partial: bool) -> Table:
+def results_table(report: MetricReport) -> Table:
     """The console table of one metric: a row per group in order of appearance, the best final mean in bold."""
     n_runs = sum(len(g.included) for g in report.groups)
     table = Table(title=Text(f"{report.metric}: {len(report.groups)} group(s), {n_runs} run(s) in the statistics"),
-                  caption=Text("\n".join([
-                      "final: last logged value; AUC: area under the curve / step span (mean value over training)",
-                      report.threshold_note + "; steps to threshold: mean over the runs that reached it",
-                      f"[95% CI]: percentile bootstrap over seeds ({n_boot:,} resamples, --seed {seed})",
-                      "partial runs included (--include-partial)" if include_partial
-                      else "partial runs (fewer than total_steps) excluded; --include-partial includes them",
-                  ])), caption_justify="left")
+                  caption=Text(report.threshold_note), caption_justify="left")
     for name, justify in [("group", "left"), ("runs", "right"), ("final mean [95% CI]", "right"),
                           ("AUC mean [95% CI]", "right"), ("steps to threshold [95% CI]", "right"), ("reached", "right")]:
         table.add_column(name, justify=justify, overflow="fold")
@@ -743,7 +737,14 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                         f"{reports[0].metric}{hint}")
 
     for report in reports:
-        console.print(results_table(report, args.bootstrap, args.seed, args.include_partial))
+        console.print(results_table(report))
+    console.print(Text("\n".join([  # what the columns mean, once
+        "final: last logged value; AUC: area under the curve / step span (mean value over training); "
+        "steps to threshold: mean over the runs that reached it",
+        f"[95% CI]: percentile bootstrap over seeds ({args.bootstrap:,} resamples, --seed {args.seed}); "
+        + ("partial runs included (--include-partial)" if args.include_partial
+           else "partial runs (fewer than total_steps) excluded; --include-partial includes them"),
+    ]), style="dim"))
     if rows:
         console.print(problems_table(rows))
 
