@@ -30,7 +30,7 @@ class HardwareConfig:
     """Where training runs and how the environment copies are spread."""
 
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
-    torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = the cores env workers leave free (1 to 4)
+    torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = OMP_NUM_THREADS if set, else the cores env workers leave free (1 to 4)
     num_envs: int = 4  # parallel environment copies stepped together (each step counts num_envs env steps)
     env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process
 

@@ -49,12 +49,23 @@ def next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a SLURM allocation or a container's CPU set, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def torch_threads(hardware: DictConfig, parallel_jobs: int = 1) -> int:
-    """Explicit setting, else this job's share of the cores (``parallel_jobs`` run side by side) less the ones its
-    environment workers use (at least 1, at most 4)."""
+    """Explicit setting; else OMP_NUM_THREADS where a launcher (Ray, joblib's workers) or the user set it; else this
+    job's share of the cores (``parallel_jobs`` run side by side) less its environment workers (at least 1, at most 4)."""
     if hardware.torch_threads:
         return hardware.torch_threads
-    return max(1, min(4, (os.cpu_count() or 1) // parallel_jobs - hardware.env_workers))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, min(4, available_cores() // parallel_jobs - hardware.env_workers))
 
 
 def seed_everything(seed: int) -> None:

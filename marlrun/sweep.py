@@ -37,8 +37,10 @@ def parallel_jobs(hydra_cfg) -> int:
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
+    from marlrun.runner import available_cores
+
     n_jobs = int(launcher.get("n_jobs") or -1)
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
 
 

@@ -94,16 +94,19 @@ def test_an_interrupted_job_skips_the_rest_of_the_sweep_in_its_process(tmp_path,
     assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"].startswith("skipped:")
 
 
-def test_joblib_jobs_share_the_cores(compose_cfg):
+def test_joblib_jobs_share_the_cores(compose_cfg, monkeypatch):
     from marlrun.runner import torch_threads
     from marlrun.sweep import parallel_jobs
 
     joblib = OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}})
     assert parallel_jobs(joblib) == 2
     assert parallel_jobs(OmegaConf.create({"launcher": {"_target_": "x.BasicLauncher"}})) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     hardware = OmegaConf.create({"torch_threads": 0, "env_workers": 0})
     assert torch_threads(hardware, 64) == 1 and torch_threads(hardware, 1) >= torch_threads(hardware, 2)
-    assert torch_threads(OmegaConf.create({"torch_threads": 3, "env_workers": 0}), 8) == 3  # explicit wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what Ray sets in its workers (and joblib in loky's)
+    assert torch_threads(hardware, 1) == 3
+    assert torch_threads(OmegaConf.create({"torch_threads": 2, "env_workers": 0}), 8) == 2  # explicit wins
 
 
 def test_cfg_with_multirun_is_one_line(tmp_path):
