@@ -211,7 +211,5 @@ def guarded(module: str, args: list[str]) -> int:
         return EXIT_INTERRUPTED
 
 
-
-
 if __name__ == "__main__":
     sys.exit(main())
