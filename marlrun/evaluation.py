@@ -8,8 +8,6 @@ the episode of the first copy as a GIF or MP4 and adds it to the run's TensorBoa
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from marlrun.errors import UserError
+from marlrun.metrics import write_json
 
 USAGE = """usage: marlrun eval RUN_DIR [key=value ...]
 
@@ -153,9 +152,7 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
             add_animation_to_tensorboard(run_dir, f"eval/episode_seed_{seed}", frames, step, fps=fps)
     record = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step, "seed": seed, "episodes": episodes,
               "metrics": metrics, "training": training, "files": [str(f) for f in files]}
-    tmp = out_dir / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, files[0])
+    write_json(files[0], record)
     return record
 
 

@@ -34,11 +34,10 @@ from rich.table import Table
 from rich.text import Text
 
 from marlrun.errors import UserError
+from marlrun.metrics import METRICS_FILE, SUMMARY_FILE
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 DEFAULT_METRICS = ("eval/episode_return", "train/episode_return")
 BOOKKEEPING_KEYS = ("seed", "resume", "progress", "print_config", "hydra")  # never define groups (nor keys under them)
 SKIP_FOLDERS = ("checkpoints",)

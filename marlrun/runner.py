@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -25,10 +24,9 @@ from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoin
 from marlrun.config import validate
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
-from marlrun.metrics import MeanTracker, MetricWriter
+from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
 
 console = Console(stderr=True)
-SUMMARY_FILE = "summary.json"
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -339,9 +337,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
             "best_eval_return": max(e["eval/episode_return"] for e in evals) if evals else None,
             "evaluations": evals, "run_dir": str(run_dir.resolve()),
         }
-        tmp = run_dir / f".{SUMMARY_FILE}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, run_dir / SUMMARY_FILE)
+        write_json(run_dir / SUMMARY_FILE, summary)
         print_summary(summary)
         if stopped:
             console.print(f"[yellow]stopped by {stopped}[/] at env step {env_steps:,}; continue with: marlrun train resume={run_dir}")

@@ -9,7 +9,6 @@ the command line reads those files back and prints which jobs finished, which fa
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from hydra.experimental.callback import Callback
 from rich.console import Console
 from rich.table import Table
 
-SUMMARY_FILE = "summary.json"
+from marlrun.metrics import SUMMARY_FILE, write_json
+
 ERROR_LOG = "error.log"
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
 
@@ -51,9 +51,7 @@ def record_failure(run_dir: Path, message: str, exc: BaseException | None = None
     if exc is not None:
         (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
         record["error_log"] = str((run_dir / ERROR_LOG).resolve())
-    tmp = run_dir / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, run_dir / SUMMARY_FILE)
+    write_json(run_dir / SUMMARY_FILE, record)
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict]:
@@ -124,9 +122,7 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
         wall = "-" if j["wall_time_s"] is None else f"{j['wall_time_s']:.0f}"
         table.add_row(j["job"], j["swept"], f"[{style}]{j['status']}", ret, wall)
     console.print(table)
-    tmp = sweep_dir / f".{SWEEP_SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(jobs, indent=2))
-    os.replace(tmp, sweep_dir / SWEEP_SUMMARY_FILE)
+    write_json(sweep_dir / SWEEP_SUMMARY_FILE, jobs)
     failed = len(jobs) - len(finished)
     for j in jobs:
         if j["status"] != "finished":
