@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from marlrun.errors import UserError
+from marlrun.hardware import PRECISIONS
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -33,6 +34,7 @@ class HardwareConfig:
     torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = OMP_NUM_THREADS if set, else the cores env workers leave free (1 to 4)
     num_envs: int = 4  # parallel environment copies stepped together (each step counts num_envs env steps)
     env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process
+    precision: str = "auto"  # fp32 | bf16 (the networks' matmuls under autocast; refused where the hardware has no bf16 units) | auto (bf16 where it has them)
 
     def __post_init__(self) -> None:
         _require(
@@ -43,6 +45,7 @@ class HardwareConfig:
         _require(self.torch_threads >= 0, "hardware.torch_threads", "must be >= 0 (0 = automatic)")
         _require(self.num_envs >= 1, "hardware.num_envs", "must be >= 1")
         _require(self.env_workers >= 0, "hardware.env_workers", "must be >= 0 (0 = in the main process)")
+        _require(self.precision in PRECISIONS, "hardware.precision", f"unknown precision '{self.precision}'; pick one of {', '.join(PRECISIONS)}")
 
 
 # --------------------------------------------------------------------------- environments

@@ -9,10 +9,12 @@ agents folded into the batch.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -34,12 +36,72 @@ class SetLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class SetConv2d(nn.Module):
-    """[S, B, H, W, C] -> [S, B, H-k+1, W-k+1, C'] with independent k x k filters per set (stride 1, no padding).
+def im2col(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[S, B, H, W, C] -> [S, B, H-k+1, W-k+1, k*k*C]: every k x k window as one row, ordered (di, dj, c).
 
-    Computed as one batched matmul over the k*k shifted views stacked along the
-    channels (im2col), which on a CPU is several times faster than a grouped
-    convolution for the small images of grid worlds. Channels stay last.
+    One strided copy of the overlapping windows (several times faster than concatenating the k*k shifted views).
+    Inputs with few channels (the observation itself) gather instead, through a precomputed index, which is
+    faster when the contiguous runs are only a few elements long.
+    """
+    s, b, h, w, c = x.shape
+    h2, w2 = h - k + 1, w - k + 1
+    if c < 8:
+        index = _window_index(h, w, c, k, x.device)
+        return x.reshape(s * b, h * w * c).index_select(1, index).view(s, b, h2, w2, k * k * c)
+    x = x.contiguous()
+    st = x.stride()
+    windows = x.as_strided((s, b, h2, w2, k, k, c), (st[0], st[1], st[2], st[3], st[2], st[3], st[4]))
+    return windows.reshape(s, b, h2, w2, k * k * c)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_index(h: int, w: int, c: int, k: int, device: torch.device) -> torch.Tensor:
+    """Flat (h, w, c) positions of every k x k window's elements, in im2col's order."""
+    rows = torch.arange(h - k + 1).view(-1, 1, 1, 1, 1) + torch.arange(k).view(1, 1, k, 1, 1)
+    cols = torch.arange(w - k + 1).view(1, -1, 1, 1, 1) + torch.arange(k).view(1, 1, 1, k, 1)
+    return ((rows * w + cols) * c + torch.arange(c)).flatten().to(device)
+
+
+class _SetConvReLU(torch.autograd.Function):
+    """relu(im2col(x) @ W + b) per weight set, with a backward that avoids col2im.
+
+    The gradient with respect to x is the transposed convolution: im2col of the output gradient padded by k-1,
+    times the kernel flipped in both spatial dims. That is one more strided copy and one batched matmul, where
+    autograd's own backward of the window copy scatters into a zeroed tensor k*k times.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, k):
+        s, b, h, w, c = x.shape
+        patches = im2col(x, k).to(weight.dtype)
+        y = torch.baddbmm(bias, patches.view(s, -1, patches.shape[-1]), weight).relu_()
+        ctx.save_for_backward(patches, weight, y)
+        ctx.k, ctx.x_shape = k, x.shape
+        return y.view(s, b, h - k + 1, w - k + 1, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        patches, weight, y = ctx.saved_tensors
+        k, (s, b, h, w, c) = ctx.k, ctx.x_shape
+        out = y.shape[-1]
+        g = torch.ops.aten.threshold_backward(grad.reshape(y.shape), y, 0)  # ReLU: no gradient where it clamped
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            g_padded = F.pad(g.view(s, b, h - k + 1, w - k + 1, out), (0, 0, k - 1, k - 1, k - 1, k - 1))
+            flipped = weight.view(s, k, k, c, out).flip(1, 2).transpose(3, 4).reshape(s, k * k * out, c)
+            grad_x = torch.bmm(im2col(g_padded, k).view(s, -1, k * k * out), flipped).view(s, b, h, w, c)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(patches.view(s, -1, patches.shape[-1]).transpose(1, 2), g)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(1, keepdim=True)
+        return grad_x, grad_w, grad_b, None
+
+
+class SetConv2dReLU(nn.Module):
+    """[S, B, H, W, C] -> [S, B, H-k+1, W-k+1, C']: relu of a k x k convolution (stride 1, no padding), per set.
+
+    One batched matmul over the im2col windows (on a CPU several times faster than a grouped convolution for the
+    small images of grid worlds). Channels stay last. Under autocast the matmuls run in its dtype (bf16).
     """
 
     def __init__(self, n_sets: int, in_channels: int, out_channels: int, kernel_size: int):
@@ -52,11 +114,15 @@ class SetConv2d(nn.Module):
         _uniform_(self.bias, fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, b, h, w, _ = x.shape
-        h2, w2 = h - self.k + 1, w - self.k + 1
-        patches = torch.cat([x[:, :, i : i + h2, j : j + w2] for i in range(self.k) for j in range(self.k)], dim=-1)
-        y = torch.baddbmm(self.bias, patches.reshape(s, b * h2 * w2, -1), self.weight)
-        return y.reshape(s, b, h2, w2, -1)
+        dtype = compute_dtype(x.device)
+        return _SetConvReLU.apply(x, self.weight.to(dtype), self.bias.to(dtype), self.k)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's when it is on for this device type, else float32."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
 
 
 class DuelingQNetwork(nn.Module):
@@ -73,23 +139,31 @@ class DuelingQNetwork(nn.Module):
         if self.image:
             h, w, c = obs_shape
             for width in conv_channels:
-                layers += [SetConv2d(n_sets, c, width, conv_kernel), nn.ReLU()]
+                layers.append(SetConv2dReLU(n_sets, c, width, conv_kernel))
                 c, h, w = width, h - conv_kernel + 1, w - conv_kernel + 1
             flat = c * h * w
         else:
             flat = math.prod(obs_shape)
         self.convs = nn.Sequential(*layers)
         self.torso = nn.Sequential(SetLinear(n_sets, flat, hidden), nn.ReLU())
-        self.value = nn.Sequential(SetLinear(n_sets, hidden, head_hidden), nn.ReLU(), SetLinear(n_sets, head_hidden, 1))
-        self.advantage = nn.Sequential(SetLinear(n_sets, hidden, head_hidden), nn.ReLU(), SetLinear(n_sets, head_hidden, n_actions))
+        # the value and advantage streams' hidden layers side by side: one matmul for both
+        self.head_hidden = head_hidden
+        self.heads = nn.Sequential(SetLinear(n_sets, hidden, 2 * head_hidden), nn.ReLU())
+        self.value = SetLinear(n_sets, head_hidden, 1)
+        self.advantage = SetLinear(n_sets, head_hidden, n_actions)
+
+    def streams(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V(s) [S, B, 1] and A(s, .) [S, B, n_actions] in float32 from the torso's features ``z``."""
+        h = self.heads(z)
+        return self.value(h[..., : self.head_hidden]).float(), self.advantage(h[..., self.head_hidden :]).float()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q values in float32, whatever precision the layers ran in."""
         x = obs.float()
         if self.image:
             x = self.convs(x)
-        z = self.torso(x.flatten(2))
-        advantage = self.advantage(z)
-        return self.value(z) + advantage - advantage.mean(-1, keepdim=True)
+        value, advantage = self.streams(self.torso(x.flatten(2)))
+        return value + advantage - advantage.mean(-1, keepdim=True)
 
 
 def clip_grad_norm_per_set(parameters, max_norm: float) -> torch.Tensor:

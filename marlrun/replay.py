@@ -10,18 +10,31 @@ Prioritized experience replay (PER, Schaul et al., 2016), proportional variant:
 * the bias of the non-uniform sampling is corrected by importance weights
   ``w_i = (N * P(i)) ** -beta / max_j w_j`` (N = the agent's buffer size, max over the agent's sampled batch).
 
-The priorities sit in one sum tree per agent, stored as a tensor ``tree [A, 2P]`` (``P`` = the next power of two
->= capacity): node 1 is the root, node ``n`` has children ``2n`` and ``2n + 1``, and leaf ``P + i`` holds the
-priority of ring position ``i`` (the padding leaves ``capacity..P-1`` stay 0). The tree is float64, and every
-parent is recomputed as ``left + right`` from its children (never incremented by a delta), so the sums do not drift.
+The priorities sit in a two-level sum structure per agent (a sum tree of two wide levels, so that sampling and
+updating take a handful of vectorised ops instead of one op per level of a binary tree): ``priorities [A, K*L]``
+holds the priority of ring position ``i`` at ``i`` (the padding past ``capacity`` stays 0), and
+``block_sums [A, K]`` the sum of each block of ``L`` consecutive positions (``L`` = the power of two nearest
+sqrt(capacity)). Both are float64, and a block's sum is always recomputed from its leaves (never incremented by
+a delta), so the sums do not drift.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 _FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
+
+
+def _first_above(running_sum: Tensor, u: Tensor, positive: Tensor) -> Tensor:
+    """Per row, the first position whose ``running_sum`` exceeds ``u`` (``[..., N]`` and ``[..., M]`` -> ``[..., M]``),
+    but never past the last ``positive`` position (where rounding pushes ``u`` beyond the final sum)."""
+    found = torch.searchsorted(running_sum, u.contiguous(), right=True)
+    n = positive.shape[-1]
+    last_positive = n - 1 - positive.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    return torch.minimum(found, last_positive)
 
 
 class AgentReplay:
@@ -71,10 +84,11 @@ class AgentReplay:
         self.size = torch.zeros(A, dtype=torch.int64, device=dev)
         self._agent_ids = torch.arange(A, device=dev)
 
-        # sum tree: leaves at [P, 2P), root at 1 (index 0 unused)
-        self.tree_leaves = 1 << max(C - 1, 0).bit_length()  # P = next power of two >= C
-        self.tree_depth = self.tree_leaves.bit_length() - 1  # log2(P): levels between a leaf and the root
-        self.tree = torch.zeros((A, 2 * self.tree_leaves), dtype=torch.float64, device=dev) if self.prioritized else None
+        # two-level sums: blocks of L leaves
+        self.block_size = L = 1 << max(round(math.log2(math.sqrt(C))), 0) if C > 1 else 1
+        self.n_blocks = -(-C // L)
+        self.priorities = torch.zeros((A, self.n_blocks * L), dtype=torch.float64, device=dev) if self.prioritized else None
+        self.block_sums = torch.zeros((A, self.n_blocks), dtype=torch.float64, device=dev) if self.prioritized else None
         # largest priority written into each agent's buffer so far; 0 means "none yet" (new data then gets 1.0)
         self.max_priority = torch.zeros(A, dtype=torch.float64, device=dev)
 
@@ -85,13 +99,12 @@ class AgentReplay:
         return (td_abs + self.eps) ** self.alpha
 
     def _set_leaves(self, agent: Tensor, pos: Tensor, priority: Tensor) -> None:
-        """Write ``priority`` at leaves ``(agent, pos)`` and refresh their ancestors, one tree level at a time.
+        """Write ``priority`` at ``(agent, pos)`` and recompute the sums of the blocks they fall in.
 
         Duplicated ``(agent, pos)`` pairs: the last one in the given order wins (an index assignment with duplicates
         is not ordered in torch, so we keep only the last occurrence of each pair before writing).
         """
-        P = self.tree_leaves
-        key = agent * P + pos
+        key = agent * self.priorities.shape[1] + pos
         uniq, inverse = torch.unique(key, return_inverse=True)
         if uniq.numel() < key.numel():
             order = torch.arange(key.numel(), device=key.device)
@@ -99,12 +112,9 @@ class AgentReplay:
             agent, pos, priority = agent[last], pos[last], priority[last]
 
         priority = priority.to(torch.float64)
-        node = pos + P
-        self.tree[agent, node] = priority
-        for _ in range(self.tree_depth):
-            node = node // 2
-            # siblings touched together write the same parent twice, with the same value: harmless
-            self.tree[agent, node] = self.tree[agent, 2 * node] + self.tree[agent, 2 * node + 1]
+        self.priorities[agent, pos] = priority
+        block = pos // self.block_size  # blocks touched twice get the same sum twice: harmless
+        self.block_sums[agent, block] = self.priorities.view(self.n_agents, self.n_blocks, -1)[agent, block].sum(-1)
         self.max_priority.scatter_reduce_(0, agent, priority, reduce="amax")
 
     def update_priorities(self, index: Tensor, td_abs: Tensor) -> None:
@@ -188,12 +198,12 @@ class AgentReplay:
         for a uniform buffer).
 
         Uniform: ``index = floor(U * size_a)`` with ``U ~ U[0, 1)``.
-        Prioritized (stratified proportional): with ``S_a`` the root of agent ``a``'s tree, segment ``b`` is
-        ``[b S_a / B, (b + 1) S_a / B)``; draw ``u`` uniformly in it and descend the tree: at node ``n`` go left
-        if ``u < tree[2n]``, otherwise subtract ``tree[2n]`` from ``u`` and go right. This lands on leaf ``i`` with
-        probability ``p_i / S_a`` overall. All ``A x B`` descents run together (one gather per level). Rounding can
-        push ``u`` past a subtree's sum; we then never step into a right child of sum 0, so the leaf reached always
-        has a positive priority, hence lies below ``size`` (the index is clamped to ``size - 1`` as well).
+        Prioritized (stratified proportional): with ``S_a`` the sum of agent ``a``'s priorities, segment ``b`` is
+        ``[b S_a / B, (b + 1) S_a / B)``; draw ``u`` uniformly in it, find the block whose running sum first
+        exceeds ``u``, then the leaf within that block whose running sum first exceeds what is left of ``u``. This
+        lands on leaf ``i`` with probability ``p_i / S_a`` overall; all ``A x B`` draws run together. Rounding can
+        push ``u`` past the last running sum; the search then takes the last block (leaf) of positive sum, so the
+        leaf reached always has a positive priority, hence lies below ``size`` (the index is clamped as well).
         The batch comes out ordered by segment, i.e. roughly by ring position.
         """
         if int(self.size.min()) < 1:
@@ -206,21 +216,18 @@ class AgentReplay:
             index = torch.minimum((u01 * size).long(), size - 1)
             weight = torch.ones((A, B), dtype=torch.float32, device=dev)
         else:
-            tree = self.tree
-            total = tree[:, 1:2]  # [A, 1]
+            total = self.block_sums.sum(1, keepdim=True)  # [A, 1]
             u = (torch.arange(B, device=dev, dtype=torch.float64) + u01) * (total / B)
-            node = torch.ones((A, B), dtype=torch.int64, device=dev)
-            for _ in range(self.tree_depth):
-                left = 2 * node
-                left_sum = tree.gather(1, left)
-                right_sum = tree.gather(1, left + 1)
-                go_right = (u >= left_sum) & (right_sum > 0)
-                u = torch.where(go_right, (u - left_sum).clamp_min(0.0), u)
-                node = torch.where(go_right, left + 1, left)
-            index = torch.minimum(node - self.tree_leaves, size - 1)
+            # the block holding u, then the leaf within it: the first whose running sum passes u
+            running = self.block_sums.cumsum(1)
+            block = _first_above(running, u, self.block_sums > 0)
+            left = (u - running.gather(1, block) + self.block_sums.gather(1, block)).clamp_min(0.0)  # u past earlier blocks
+            leaves = self.priorities.view(A, self.n_blocks, -1)[self._agent_ids[:, None], block]  # [A, B, L]
+            within = _first_above(leaves.cumsum(-1), left.unsqueeze(-1), leaves > 0).squeeze(-1)
+            index = torch.minimum(block * self.block_size + within, size - 1)
 
             # w_i = (N P(i))^-beta / max_j w_j, P(i) = p_i / S_a; tiny floor so a zero priority cannot give inf
-            prob = tree.gather(1, index + self.tree_leaves) / total
+            prob = self.priorities.gather(1, index) / total
             weight = (size * prob).clamp_min(1e-300) ** (-self.beta)
             weight = (weight / weight.max(dim=1, keepdim=True).values).to(torch.float32)
 
@@ -248,7 +255,8 @@ class AgentReplay:
         for name in _FIELDS:
             state[name] = getattr(self, name)
         if self.prioritized:
-            state["tree"] = self.tree
+            state["priorities"] = self.priorities
+            state["block_sums"] = self.block_sums
         return state
 
     def load_state_dict(self, state: dict[str, Tensor | int | float]) -> None:
@@ -262,7 +270,8 @@ class AgentReplay:
         for name in (*_FIELDS, "ptr", "size", "max_priority"):
             getattr(self, name).copy_(state[name])
         if self.prioritized:
-            self.tree.copy_(state["tree"])
+            self.priorities.copy_(state["priorities"])
+            self.block_sums.copy_(state["block_sums"])
 
 
 class RingReplay:

@@ -24,46 +24,16 @@ from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoin
 from marlrun.config import validate
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
+from marlrun.hardware import available_cores, resolve_device, setup, torch_threads  # noqa: F401 (re-exported)
 from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
 
 console = Console(stderr=True)
 
 
 # ---------------------------------------------------------------------------- set-up
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"hardware.device={name} but torch sees no CUDA GPU here; use hardware=cpu (or hardware=auto)")
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"hardware.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(name)
-
-
 def next_multiple(step: int, interval: int) -> int:
     """The first multiple of ``interval`` after ``step``: when the next log, evaluation or checkpoint is due."""
     return (step // interval + 1) * interval
-
-
-def available_cores() -> int:
-    """Cores this process may run on (a SLURM allocation or a container's CPU set, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def torch_threads(hardware: DictConfig, parallel_jobs: int = 1) -> int:
-    """Explicit setting; else OMP_NUM_THREADS where a launcher (Ray, joblib's workers) or the user set it; else this
-    job's share of the cores (``parallel_jobs`` run side by side) less its environment workers (at least 1, at most 4)."""
-    if hardware.torch_threads:
-        return hardware.torch_threads
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        return int(omp)
-    return max(1, min(4, available_cores() // parallel_jobs - hardware.env_workers))
 
 
 def seed_everything(seed: int) -> None:
@@ -190,8 +160,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     """
     run_dir = Path(run_dir)
     validate(cfg)
-    device = resolve_device(cfg.hardware.device)
-    torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs))
+    device, precision = setup(cfg.hardware)
     algo_cls = get_class(cfg.algo._target_)
 
     checkpoint = None
@@ -204,11 +173,13 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
 
     seed_everything(cfg.seed)
     env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
+    torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
     eval_env = None
     writer = None
     try:
         check_compatible(algo_cls, env.spec)
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed)
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
+                                                                          precision=precision)
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
 
@@ -330,6 +301,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         summary = {
             "status": f"stopped by {stopped}" if stopped else "finished",
             "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
+            "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
             "env_steps": env_steps, "total_steps": cfg.total_steps, "wall_time_s": round(wall, 2),
             "steps_per_sec": round(env_steps / wall, 1) if wall > 0 else None,
             "final_train_return": float(np.mean(list(recent))) if recent else None,

@@ -73,7 +73,7 @@ def test_ring_semantics_match_reference(prioritized):
         ref.add(ids, agent)
         check_against_reference(buf, ref)
     if prioritized:  # every stored transition has a leaf (default priority 1.0), padding/empty leaves stay 0
-        leaves = buf.tree[:, buf.tree_leaves:]
+        leaves = buf.priorities
         for a in range(A):
             assert torch.all(leaves[a, : ref.size[a]] == 1.0)
             assert torch.all(leaves[a, ref.size[a]:] == 0.0)
@@ -149,13 +149,13 @@ def test_prioritized_sampling_frequencies_are_proportional():
         assert chi2 < 25.0, (chi2, counts[a], expected)  # df <= 5: p ~ 1e-4 at 25; stratification lowers it further
 
 
-def test_sum_tree_matches_numpy_after_random_updates_with_duplicates():
+def test_priority_sums_match_numpy_after_random_updates_with_duplicates():
     rng = np.random.default_rng(5)
-    A, C, B = 3, 13, 20  # 16 leaves
+    A, C, B = 3, 13, 20  # blocks of 4 leaves, 16 in all
     buf = AgentReplay(A, C, (2,), torch.float32, alpha=0.7, generator=torch.Generator().manual_seed(5))
     fill(buf, [13, 13, 9])
     sizes = np.array([13, 13, 9])
-    leaves = np.zeros((A, buf.tree_leaves))
+    leaves = np.zeros((A, buf.n_blocks * buf.block_size))
     leaves[0, :13] = leaves[1, :13] = leaves[2, :9] = 1.0
     running_max = [1.0] * A
     for _ in range(60):
@@ -166,13 +166,9 @@ def test_sum_tree_matches_numpy_after_random_updates_with_duplicates():
             for b in range(B):  # last write wins
                 leaves[a, index[a, b]] = (td[a, b] + buf.eps) ** buf.alpha
             running_max[a] = max(running_max[a], leaves[a, index[a]].max())  # over the values that won
-    tree = buf.tree.numpy()
-    np.testing.assert_allclose(tree[:, buf.tree_leaves:], leaves, rtol=1e-12)
-    level = leaves
-    while level.shape[1] > 1:  # every internal node, rebuilt bottom-up
-        level = level[:, 0::2] + level[:, 1::2]
-        np.testing.assert_allclose(tree[:, level.shape[1]: 2 * level.shape[1]], level, rtol=1e-12)
-    np.testing.assert_allclose(tree[:, 1], leaves.sum(axis=1), rtol=1e-12)
+    assert (buf.block_size, buf.n_blocks) == (4, 4)
+    np.testing.assert_allclose(buf.priorities.numpy(), leaves, rtol=1e-12)
+    np.testing.assert_allclose(buf.block_sums.numpy(), leaves.reshape(A, 4, 4).sum(axis=2), rtol=1e-12)
     np.testing.assert_allclose(buf.max_priority.numpy(), running_max, rtol=1e-12)
     assert torch.all(buf.sample(256)["index"] < torch.as_tensor(sizes)[:, None])
 
@@ -199,22 +195,22 @@ def test_importance_weights_match_formula():
 def test_new_transitions_get_running_max_priority():
     A, C = 3, 8
     buf = AgentReplay(A, C, (2,), torch.float32)
-    P = buf.tree_leaves
+    P = buf.priorities
     rows = make_rows([0, 1, 2], [0, 0, 1])
     buf.add(**rows, priority=torch.tensor([0.5, 3.0, 0.2]))  # explicit priorities are raised into the max too
     buf.add(**make_rows([3, 4, 5], [0, 1, 2]))  # None: agent 0 -> 3.0, agent 1 -> 0.2, agent 2 (empty) -> 1.0
-    assert buf.tree[0, P + 2].item() == 3.0
-    assert buf.tree[1, P + 1].item() == pytest.approx(0.2)
-    assert buf.tree[2, P + 0].item() == 1.0
+    assert P[0, 2].item() == 3.0
+    assert P[1, 1].item() == pytest.approx(0.2)
+    assert P[2, 0].item() == 1.0
     buf.update_priorities(torch.tensor([[0, 0], [0, 0], [0, 0]]), torch.tensor([[9.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
     # agent 0: the duplicate's last write is td 0, so the max stays 3.0
     buf.add(**make_rows([6, 7, 8], [0, 1, 2]))
-    assert buf.tree[0, P + 3].item() == 3.0
-    assert buf.tree[1, P + 2].item() == pytest.approx(0.2)  # (0 + eps)^alpha < 0.2
-    assert buf.tree[2, P + 1].item() == 1.0
+    assert P[0, 3].item() == 3.0
+    assert P[1, 2].item() == pytest.approx(0.2)  # (0 + eps)^alpha < 0.2
+    assert P[2, 1].item() == 1.0
     buf.update_priorities(torch.tensor([[1, 1], [0, 0], [0, 0]]), torch.tensor([[0.0, 9.0], [0.0, 0.0], [0.0, 0.0]]))
     buf.add(**make_rows([9], [0]))
-    assert buf.tree[0, P + 4].item() == pytest.approx(buf.priority_of(torch.tensor(9.0, dtype=torch.float64)).item())
+    assert P[0, 4].item() == pytest.approx(buf.priority_of(torch.tensor(9.0, dtype=torch.float64)).item())
 
 
 @pytest.mark.parametrize("prioritized", [False, True])
@@ -250,13 +246,13 @@ def test_state_dict_round_trip_gives_identical_samples(prioritized):
 
 def test_descent_is_robust_to_extreme_priorities_and_tiny_buffers():
     rng = np.random.default_rng(8)
-    A, C = 2, 1000  # 1024 leaves
+    A, C = 2, 1000  # 32 blocks of 32 leaves
     buf = AgentReplay(A, C, (2,), torch.float32, generator=torch.Generator().manual_seed(8))
     fill(buf, [37, 1000])
     td = rng.choice([0.0, 1e-12, 1.0, 1e12], size=(A, 37))
     index = np.stack([np.arange(37), rng.integers(0, 1000, size=37)])
     buf.update_priorities(torch.as_tensor(index), torch.as_tensor(td))
-    leaves = buf.tree[:, buf.tree_leaves:]
+    leaves = buf.priorities
     for _ in range(20):
         idx = buf.sample(512)["index"]
         assert torch.all(idx[0] < 37)

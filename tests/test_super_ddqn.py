@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from marlrun.algos.super_ddqn import SuperDDQN
 from marlrun.config import SuperDDQNConfig
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.nn import DuelingQNetwork, SetConv2d, clip_grad_norm_per_set
+from marlrun.nn import DuelingQNetwork, SetConv2dReLU, clip_grad_norm_per_set
 
 OBS = (7, 7, 3)
 
@@ -42,13 +42,23 @@ def test_batched_network_equals_separate_networks():
         torch.testing.assert_close(single(x[s : s + 1])[0], q[s])
 
 
-def test_set_conv_matches_torch_conv2d():
-    conv = SetConv2d(3, 4, 6, 2)
-    x = torch.rand(3, 5, 7, 7, 4)
+@pytest.mark.parametrize("channels, kernel", [(4, 2), (9, 2), (9, 3)])  # few channels gather, more copy windows
+def test_set_conv_matches_torch_conv2d_forward_and_backward(channels, kernel):
+    conv = SetConv2dReLU(3, channels, 6, kernel)
+    x = torch.rand(3, 5, 7, 7, channels, requires_grad=True)
+    y = conv(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
     for s in range(3):
-        weight = conv.weight[s].reshape(2, 2, 4, 6).permute(3, 2, 0, 1)  # (di, dj, c, out) -> (out, c, di, dj)
-        expected = F.conv2d(x[s].permute(0, 3, 1, 2), weight, conv.bias[s, 0]).permute(0, 2, 3, 1)
-        torch.testing.assert_close(conv(x)[s], expected)
+        weight = conv.weight[s].detach().reshape(kernel, kernel, channels, 6).permute(3, 2, 0, 1).requires_grad_()  # (di, dj, c, out) -> (out, c, di, dj)
+        bias = conv.bias[s, 0].detach().requires_grad_()
+        xs = x[s].detach().requires_grad_()
+        expected = F.relu(F.conv2d(xs.permute(0, 3, 1, 2), weight, bias)).permute(0, 2, 3, 1)
+        expected.backward(grad[s])
+        torch.testing.assert_close(y[s], expected)
+        torch.testing.assert_close(x.grad[s], xs.grad)
+        torch.testing.assert_close(conv.weight.grad[s], weight.grad.permute(2, 3, 1, 0).reshape(-1, 6))
+        torch.testing.assert_close(conv.bias.grad[s, 0], bias.grad)
 
 
 def test_each_agents_loss_moves_only_its_own_weights():
@@ -62,8 +72,9 @@ def test_each_agents_loss_moves_only_its_own_weights():
 def test_dueling_mean_advantage_is_removed():
     net = DuelingQNetwork(2, OBS, 5, [8], 2, 16, 32)
     x = torch.rand(2, 6, *OBS)
-    z = net.torso(net.convs(x).flatten(2))
-    torch.testing.assert_close(net(x).mean(-1), net.value(z).squeeze(-1))
+    value, advantage = net.streams(net.torso(net.convs(x).flatten(2)))
+    assert advantage.mean(-1).abs().max() > 1e-3  # so the test below can fail
+    torch.testing.assert_close(net(x).mean(-1), value.squeeze(-1))
 
 
 def test_clip_grad_norm_per_set():
@@ -85,7 +96,7 @@ def test_td_error_is_double_dqn():
     action = torch.randint(0, 5, (3, 5), generator=gen)
     reward, term = torch.randn(3, 5, generator=gen), (torch.rand(3, 5, generator=gen) < 0.5).float()
     with torch.no_grad():
-        algo.q_target.advantage[-1].bias.add_(torch.randn(3, 1, 5, generator=gen))  # make target differ from online
+        algo.q_target.advantage.bias.add_(torch.randn(3, 1, 5, generator=gen))  # make target differ from online
         td = algo.td_error(obs, action, reward, next_obs, term)
         online_next, target_next = algo.q(next_obs), algo.q_target(next_obs)
         for a in range(3):
@@ -163,8 +174,7 @@ def test_received_transitions_enter_with_the_senders_mean_priority():
     algo = make_algo(sharing="quantile", bandwidth=0.5, window=8)
     gen = torch.Generator().manual_seed(3)
     fill_fragment(algo, 2, 3, gen)
-    tree = algo.replay.tree
-    leaves = tree[:, algo.replay.tree_leaves:]
+    leaves = algo.replay.priorities
     own = leaves[:, :8]  # own transitions first, at max priority (1.0 in a fresh buffer)
     torch.testing.assert_close(own, torch.ones_like(own))
     received = leaves[0, 8 : int(algo.replay.size[0])]

@@ -67,7 +67,7 @@ class MADDPG(Algorithm):
     requires = frozenset({"fixed_agents"})
     suggestion = "Use algo=super_ddqn for environments whose agents leave mid-episode."
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, name: str = "maddpg",
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "maddpg",
                  critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
                  batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float,
                  hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float):

@@ -81,7 +81,7 @@ class MFQ(Algorithm):
     requires = frozenset({"discrete_actions", "neighbours"})
     suggestion = "MF-Q runs on env=ising and env=battle; use algo=super_ddqn or algo=maddpg elsewhere."
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, name: str = "mfq",
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "mfq",
                  controller: str, opponent: str, rounds: int, temperature: float, temperature_end: float | None,
                  temperature_decay_steps: int, greedy_eval: bool, lr: float, gamma: float, tau: float, batch_size: int,
                  buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float, huber_delta: float,

@@ -24,6 +24,7 @@ from marlrun.algos.base import Algorithm
 from marlrun.algos.sharing import make_heuristic, shared_fraction
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError
+from marlrun.hardware import autocast, compute_dtype
 from marlrun.nn import DuelingQNetwork, clip_grad_norm_per_set
 from marlrun.replay import AgentReplay
 
@@ -33,7 +34,7 @@ class SuperDDQN(Algorithm):
     requires = frozenset({"discrete_actions", "homogeneous"})
     suggestion = "Use algo=maddpg for continuous or mixed agents."
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, name: str = "super_ddqn",
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "super_ddqn",
                  sharing: str, bandwidth: float, window: int, share_team: str | None, parameter_sharing: bool,
                  lr: float, adam_eps: float, gamma: float, batch_size: int, buffer_size: int, learning_starts: int,
                  rollout_fragment: int, updates_per_fragment: int, target_update_interval: int, max_grad_norm: float,
@@ -47,12 +48,16 @@ class SuperDDQN(Algorithm):
         self.target_update_interval, self.max_grad_norm, self.huber_delta = target_update_interval, max_grad_norm, huber_delta
         self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.precision = precision
+        self.autocast = lambda: autocast(device, precision)  # the networks' matmuls; their outputs are fp32
 
         self.parameter_sharing = parameter_sharing
         n_sets = 1 if parameter_sharing else A
         net_args = (n_sets, spec.obs_shape, spec.n_actions, list(conv_channels), conv_kernel, hidden, head_hidden)
         self.q = DuelingQNetwork(*net_args).to(device)
-        self.q_target = DuelingQNetwork(*net_args).to(device)
+        # The target network only ever computes, so it is kept in the precision it computes in (bf16 or fp32):
+        # no cast of its weights in every pass, and the same numbers as casting fp32 weights each time.
+        self.q_target = DuelingQNetwork(*net_args).to(device, compute_dtype(device, precision))
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr, eps=adam_eps, fused=True)  # one kernel for all weights
@@ -96,18 +101,20 @@ class SuperDDQN(Algorithm):
         return {"train/epsilon": self.epsilon(env_steps)}
 
     def td_error(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
-        """Double-DQN TD error, [A, B]: r + gamma * (1 - d) * Q'(s', argmax_a Q(s', a)) - Q(s, a)."""
-        q_taken = self._q_values(self.q, obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
-            next_action = self._q_values(self.q, next_obs).argmax(-1, keepdim=True)
-            next_q = self._q_values(self.q_target, next_obs).gather(-1, next_action).squeeze(-1)
-            target = reward + self.gamma * (1.0 - terminated) * next_q
+        """Double-DQN TD error in fp32, [A, B]: r + gamma * (1 - d) * Q'(s', argmax_a Q(s', a)) - Q(s, a)."""
+        with self.autocast():
+            q_taken = self._q_values(self.q, obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                next_action = self._q_values(self.q, next_obs).argmax(-1, keepdim=True)
+                next_q = self._q_values(self.q_target, next_obs).gather(-1, next_action).squeeze(-1)
+        target = reward + self.gamma * (1.0 - terminated) * next_q
         return target - q_taken
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
-        q = self._q_values(self.q, obs.transpose(0, 1))  # [A, E, n_actions]
+        with self.autocast():
+            q = self._q_values(self.q, obs.transpose(0, 1))  # [A, E, n_actions]
         actions = q.argmax(-1).T  # [E, A]
         if not greedy:
             eps = self.epsilon(env_steps)

@@ -66,6 +66,7 @@ class VecEnv:
     num_envs: int
     n_agents: int
     device: torch.device
+    worker_processes: int = 0  # processes stepping the copies (0: this one), so torch knows the cores left to it
 
     def reset(self) -> torch.Tensor:
         raise NotImplementedError

@@ -142,6 +142,7 @@ class PettingZooVecEnv(VecEnv):
         self.n_agents = spec.n_agents
         factories = [_CopyFactory(make_env, copy_seed(seed, i)) for i in range(num_envs)]
         num_workers = min(num_workers, num_envs)
+        self.worker_processes = num_workers
         if num_workers == 0:
             self._vec = ConcatVecEnv(factories)
         else:

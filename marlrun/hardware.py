@@ -1,0 +1,147 @@
+"""Where a run computes and how: device, torch threads, numeric precision, the memory allocator.
+
+Precision (``hardware.precision`` = fp32 | bf16 | auto): bf16 runs the networks' matmuls under ``torch.autocast``
+where the hardware has bf16 units (a CPU with AMX or AVX-512-BF16, a CUDA GPU that supports bf16). Master weights
+and optimizer state stay fp32, and so do the numbers that decide something: every network returns fp32, so TD
+errors, losses, PER priorities and sharing thresholds are computed in fp32. On CUDA, fp32 matmuls use TF32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+
+import torch
+from omegaconf import DictConfig
+
+from marlrun.errors import UserError
+
+
+# ---------------------------------------------------------------------------- device and threads
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"hardware.device={name} but torch sees no CUDA GPU here; use hardware=cpu (or hardware=auto)")
+        index = torch.device(name).index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"hardware.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a SLURM allocation or a container's CPU set, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def torch_threads(hardware: DictConfig, parallel_jobs: int = 1, env_workers: int | None = None) -> int:
+    """Explicit setting; else OMP_NUM_THREADS where a launcher (Ray, joblib's workers) or the user set it; else this
+    job's share of the cores (``parallel_jobs`` run side by side) less its environment worker processes (at least 1,
+    at most 4). ``env_workers``: the processes the environment really started (``VecEnv.worker_processes``: none for
+    the native and in-process backends, whatever ``hardware.env_workers`` says); default ``hardware.env_workers``.
+
+    Never more threads than free cores: on a busy machine OpenMP's busy-waiting makes an oversubscribed learner
+    ten times slower, not a little slower."""
+    if hardware.torch_threads:
+        return hardware.torch_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    workers = hardware.env_workers if env_workers is None else env_workers
+    return max(1, min(4, available_cores() // parallel_jobs - workers))
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc serves every allocation above a threshold (128 KiB, adjusted as it goes) with a fresh mmap
+    and unmaps it on free, so a learner that allocates the same few-MB activations every step takes a page fault
+    on every 4 KiB of them, every step: about a third of a small network's update on the CPU. A fixed 32 MiB mmap
+    threshold (glibc's maximum) and no trimming keep those blocks on the heap. Returns whether it applied (glibc only)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+# ---------------------------------------------------------------------------- precision
+
+PRECISIONS = ("fp32", "bf16", "auto")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The CPU's bf16 matmul units (Linux /proc/cpuinfo flags), empty where it has none or cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ()
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``hardware.precision=name`` on ``device``; bf16 where it cannot run is a UserError.
+
+    ``auto`` is bf16 on a CPU with bf16 units (there it is several times faster), else fp32: on a CUDA GPU the
+    small networks of these games are bound by kernel launches, not arithmetic, so autocast's extra cast kernels
+    cost more than bf16 saves; fp32 there runs its matmuls in TF32.
+    """
+    if name not in PRECISIONS:
+        raise UserError(f"hardware.precision: unknown precision '{name}'; pick one of {', '.join(PRECISIONS)}")
+    supported = bf16_supported(device)
+    if name == "bf16" and not supported:
+        where = "this GPU" if device.type == "cuda" else "this CPU (it has neither AMX nor AVX-512-BF16)"
+        raise UserError(f"hardware.precision=bf16: {where} has no bf16 matmul units; use hardware.precision=fp32 (or auto)")
+    if name == "auto":
+        return "bf16" if supported and device.type == "cpu" else "fp32"
+    return name
+
+
+def allow_tf32(device: torch.device) -> None:
+    """fp32 matmuls and convolutions in TF32 on CUDA GPUs that have it (process-wide)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype the networks' matmuls run in at ``precision``."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(device: torch.device, precision: str):
+    """The context the networks run in: bf16 autocast for ``precision='bf16'``, nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def setup(hardware: DictConfig) -> tuple[torch.device, str]:
+    """Apply ``hardware`` to this process (allocator, TF32); returns the device and the precision to run.
+
+    Torch's thread count is set once the environment is built and its worker processes are known (torch_threads)."""
+    device = resolve_device(hardware.device)
+    precision = resolve_precision(hardware.precision, device)
+    keep_freed_memory()
+    allow_tf32(device)
+    return device, precision
