@@ -9,7 +9,6 @@ agents folded into the batch.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -36,17 +35,16 @@ class SetLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def im2col(x: torch.Tensor, k: int) -> torch.Tensor:
+def im2col(x: torch.Tensor, k: int, index: torch.Tensor | None = None) -> torch.Tensor:
     """[S, B, H, W, C] -> [S, B, H-k+1, W-k+1, k*k*C]: every k x k window as one row, ordered (di, dj, c).
 
     One strided copy of the overlapping windows (several times faster than concatenating the k*k shifted views).
-    Inputs with few channels (the observation itself) gather instead, through a precomputed index, which is
-    faster when the contiguous runs are only a few elements long.
+    Inputs with few channels (the observation itself) gather instead, through ``index`` (``window_index``), which
+    is faster when the contiguous runs are only a few elements long.
     """
     s, b, h, w, c = x.shape
     h2, w2 = h - k + 1, w - k + 1
-    if c < 8:
-        index = _window_index(h, w, c, k, x.device)
+    if index is not None:
         return x.reshape(s * b, h * w * c).index_select(1, index).view(s, b, h2, w2, k * k * c)
     x = x.contiguous()
     st = x.stride()
@@ -54,12 +52,11 @@ def im2col(x: torch.Tensor, k: int) -> torch.Tensor:
     return windows.reshape(s, b, h2, w2, k * k * c)
 
 
-@functools.lru_cache(maxsize=64)
-def _window_index(h: int, w: int, c: int, k: int, device: torch.device) -> torch.Tensor:
+def window_index(h: int, w: int, c: int, k: int) -> torch.Tensor:
     """Flat (h, w, c) positions of every k x k window's elements, in im2col's order."""
     rows = torch.arange(h - k + 1).view(-1, 1, 1, 1, 1) + torch.arange(k).view(1, 1, k, 1, 1)
     cols = torch.arange(w - k + 1).view(1, -1, 1, 1, 1) + torch.arange(k).view(1, 1, 1, k, 1)
-    return ((rows * w + cols) * c + torch.arange(c)).flatten().to(device)
+    return ((rows * w + cols) * c + torch.arange(c)).flatten()
 
 
 class _SetConvReLU(torch.autograd.Function):
@@ -71,9 +68,9 @@ class _SetConvReLU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, k):
+    def forward(ctx, x, weight, bias, k, index):
         s, b, h, w, c = x.shape
-        patches = im2col(x, k).to(weight.dtype)
+        patches = im2col(x, k, index).to(weight.dtype)
         y = torch.baddbmm(bias, patches.view(s, -1, patches.shape[-1]), weight).relu_()
         ctx.save_for_backward(patches, weight, y)
         ctx.k, ctx.x_shape = k, x.shape
@@ -94,7 +91,7 @@ class _SetConvReLU(torch.autograd.Function):
             grad_w = torch.bmm(patches.view(s, -1, patches.shape[-1]).transpose(1, 2), g)
         if ctx.needs_input_grad[2]:
             grad_b = g.sum(1, keepdim=True)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class SetConv2dReLU(nn.Module):
@@ -102,11 +99,13 @@ class SetConv2dReLU(nn.Module):
 
     One batched matmul over the im2col windows (on a CPU several times faster than a grouped convolution for the
     small images of grid worlds). Channels stay last. Under autocast the matmuls run in its dtype (bf16).
+    ``in_size`` (H, W): the input's image size, needed only for inputs of fewer than 8 channels (gathered).
     """
 
-    def __init__(self, n_sets: int, in_channels: int, out_channels: int, kernel_size: int):
+    def __init__(self, n_sets: int, in_channels: int, out_channels: int, kernel_size: int, in_size: tuple[int, int] | None = None):
         super().__init__()
         self.k = kernel_size
+        self.register_buffer("index", window_index(*in_size, in_channels, kernel_size) if in_channels < 8 and in_size else None, persistent=False)
         fan_in = in_channels * kernel_size * kernel_size
         self.weight = nn.Parameter(torch.empty(n_sets, fan_in, out_channels))  # rows ordered (di, dj, c)
         self.bias = nn.Parameter(torch.empty(n_sets, 1, out_channels))
@@ -115,7 +114,7 @@ class SetConv2dReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x.device)
-        return _SetConvReLU.apply(x, self.weight.to(dtype), self.bias.to(dtype), self.k)
+        return _SetConvReLU.apply(x, self.weight.to(dtype), self.bias.to(dtype), self.k, self.index)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -139,16 +138,16 @@ class DuelingQNetwork(nn.Module):
         if self.image:
             h, w, c = obs_shape
             for width in conv_channels:
-                layers.append(SetConv2dReLU(n_sets, c, width, conv_kernel))
+                layers.append(SetConv2dReLU(n_sets, c, width, conv_kernel, (h, w)))
                 c, h, w = width, h - conv_kernel + 1, w - conv_kernel + 1
             flat = c * h * w
         else:
             flat = math.prod(obs_shape)
         self.convs = nn.Sequential(*layers)
-        self.torso = nn.Sequential(SetLinear(n_sets, flat, hidden), nn.ReLU())
+        self.torso = nn.Sequential(SetLinear(n_sets, flat, hidden), nn.ReLU(inplace=True))
         # the value and advantage streams' hidden layers side by side: one matmul for both
         self.head_hidden = head_hidden
-        self.heads = nn.Sequential(SetLinear(n_sets, hidden, 2 * head_hidden), nn.ReLU())
+        self.heads = nn.Sequential(SetLinear(n_sets, hidden, 2 * head_hidden), nn.ReLU(inplace=True))
         self.value = SetLinear(n_sets, head_hidden, 1)
         self.advantage = SetLinear(n_sets, head_hidden, n_actions)
 
@@ -185,7 +184,7 @@ class SetMLP(nn.Sequential):
     def __init__(self, n_sets: int, in_features: int, hidden: list[int], out_features: int):
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [SetLinear(n_sets, in_features, width), nn.ReLU()]
+            layers += [SetLinear(n_sets, in_features, width), nn.ReLU(inplace=True)]
             in_features = width
         super().__init__(*layers, SetLinear(n_sets, in_features, out_features))
 
@@ -208,31 +207,31 @@ class MeanFieldQNetwork(nn.Module):
             h, w, c = obs_shape
             layers: list[nn.Module] = []
             for width in conv_channels:
-                layers += [nn.Conv2d(c, width, conv_kernel), nn.ReLU()]
+                layers += [nn.Conv2d(c, width, conv_kernel), nn.ReLU(inplace=True)]
                 c, h, w = width, h - conv_kernel + 1, w - conv_kernel + 1
-            self.obs_encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, obs_hidden), nn.ReLU())
+            self.obs_encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, obs_hidden), nn.ReLU(inplace=True))
             features = obs_hidden
         else:
             self.obs_encoder = nn.Flatten()
             features = math.prod(obs_shape)
         if use_mean_action and mean_action_hidden > 0:
-            self.mean_action_encoder = nn.Sequential(nn.Linear(n_actions, mean_action_hidden), nn.ReLU())
+            self.mean_action_encoder = nn.Sequential(nn.Linear(n_actions, mean_action_hidden), nn.ReLU(inplace=True))
             features += mean_action_hidden
         elif use_mean_action:
             self.mean_action_encoder = nn.Identity()
             features += n_actions
         layers = []
         for width in hidden:
-            layers += [nn.Linear(features, width), nn.ReLU()]
+            layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
             features = width
         self.head = nn.Sequential(*layers, nn.Linear(features, n_actions))
 
     def forward(self, obs: torch.Tensor, mean_action: torch.Tensor) -> torch.Tensor:
-        """obs [B, *obs_shape], mean_action [B, n_actions] -> Q [B, n_actions]."""
+        """obs [B, *obs_shape], mean_action [B, n_actions] -> Q [B, n_actions], in float32 whatever the layers ran in."""
         x = obs.float()
         if self.image:
             x = x.permute(0, 3, 1, 2)  # channels last -> first
         z = self.obs_encoder(x)
         if self.use_mean_action:
-            z = torch.cat([z, self.mean_action_encoder(mean_action)], dim=-1)
-        return self.head(z)
+            z = torch.cat([z, self.mean_action_encoder(mean_action).to(z.dtype)], dim=-1)
+        return self.head(z).float()

@@ -44,7 +44,7 @@ def test_batched_network_equals_separate_networks():
 
 @pytest.mark.parametrize("channels, kernel", [(4, 2), (9, 2), (9, 3)])  # few channels gather, more copy windows
 def test_set_conv_matches_torch_conv2d_forward_and_backward(channels, kernel):
-    conv = SetConv2dReLU(3, channels, 6, kernel)
+    conv = SetConv2dReLU(3, channels, 6, kernel, (7, 7))
     x = torch.rand(3, 5, 7, 7, channels, requires_grad=True)
     y = conv(x)
     grad = torch.randn_like(y)

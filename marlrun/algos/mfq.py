@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm
+from marlrun.hardware import autocast
 from marlrun.checkpoint import checkpoint_paths, load_checkpoint
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError
@@ -87,6 +88,7 @@ class MFQ(Algorithm):
                  buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float, huber_delta: float,
                  conv_channels: list[int], conv_kernel: int, obs_hidden: int, mean_action_hidden: int, hidden: list[int]):
         self.spec, self.device = spec, device
+        self.autocast = lambda: autocast(device, precision)  # the networks' matmuls and convolutions; outputs are fp32
         self.n_actions = spec.n_actions
         self.rounds, self.greedy_eval = rounds, greedy_eval
         self.temperature_start = temperature
@@ -142,7 +144,8 @@ class MFQ(Algorithm):
             chosen = torch.empty(E * n, dtype=torch.long, device=self.device)
             for start in range(0, E * n, ACT_CHUNK):  # chunks keep a million lattice sites' activations in cache
                 rows = slice(start, start + ACT_CHUNK)
-                q = team.net(team_obs[rows], team_mean[rows])
+                with self.autocast():
+                    q = team.net(team_obs[rows], team_mean[rows])
                 chosen[rows] = greedy(q) if argmax else boltzmann(q, temperature, self.generator)
             actions[:, team.agents] = chosen.view(E, n)
         return actions
@@ -199,14 +202,15 @@ class MFQ(Algorithm):
 
     def td_target(self, team: Team, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """y = r + gamma (1 - terminated) Q_target(s', argmax_a Q(s', a, abar'), abar')."""
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             best = team.net(batch["next_obs"], batch["next_mean_action"]).argmax(-1, keepdim=True)
             next_q = team.target(batch["next_obs"], batch["next_mean_action"]).gather(-1, best).squeeze(-1)
             return batch["reward"] + self.gamma * (1.0 - batch["terminated"]) * next_q
 
     def learn(self, team: Team, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         y = self.td_target(team, batch)
-        q = team.net(batch["obs"], batch["mean_action"]).gather(-1, batch["action"][:, None]).squeeze(-1)
+        with self.autocast():
+            q = team.net(batch["obs"], batch["mean_action"]).gather(-1, batch["action"][:, None]).squeeze(-1)
         loss = F.huber_loss(q, y, delta=self.huber_delta)
         team.optimizer.zero_grad(set_to_none=True)
         loss.backward()
