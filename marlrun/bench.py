@@ -12,8 +12,11 @@ configured device. For each case:
    (so every measured step includes learning), read back from the run's own perf/steps_per_sec records;
 4. memory: the process's peak resident memory, and the peak CUDA memory allocated when the device is a GPU.
 
-Raw-only cases (``*-raw``) skip acting and training. Cases run side by side on the same machine state, so ratios
-between them are the figures to compare. Prints a table and writes JSON (machine, torch version, every figure),
+Raw-only cases (``*-raw``) skip acting and training. The learner case (``super_ddqn-update``) times the paper's
+8-agent SUPER-DDQN gradient step alone, in every precision the machine has: ms per update, FLOP per update (torch's
+FLOP counter), FLOP/s, and the machine's own peak for that precision, from plain batched matmuls of the update's
+own shapes, so that the table shows the learner's fraction of peak. Cases run side by side on the same machine
+state, so ratios between them are the figures to compare. Prints a table and writes JSON (machine, torch version, every figure),
 so that two machines or two commits can be compared.
 """
 
@@ -32,6 +35,8 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +44,8 @@ from rich.table import Table
 from marlrun.config import register_configs, validate
 from marlrun.errors import UserError
 from marlrun.metrics import read_metrics
-from marlrun.runner import make_env, resolve_device, torch_threads, train
+from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, setup, torch_threads
+from marlrun.runner import make_env, train
 
 RESULT = "BENCH_RESULT "  # prefix of the line a child process reports its figures on
 
@@ -47,13 +53,16 @@ CASES = {  # name: (overrides, default env steps of training to measure (0: raw 
     "pursuit-pettingzoo-raw": (["env=pursuit", "env.backend=pettingzoo", "hardware.num_envs=1", "hardware.env_workers=0"], 0, 0),
     "pursuit-native-1024-raw": (["env=pursuit", "env.backend=native", "hardware.num_envs=1024", "hardware.env_workers=0"], 0, 0),
     "super_ddqn-pursuit": (["algo=super_ddqn", "env=pursuit"], 4000, 1000),
+    "super_ddqn-pursuit-fp32": (["algo=super_ddqn", "env=pursuit", "hardware.precision=fp32"], 4000, 1000),
     "super_ddqn-pursuit-pettingzoo": (["algo=super_ddqn", "env=pursuit", "env.backend=pettingzoo"], 4000, 1000),
     "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000, 1000),
     "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000, 1000),
     "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000, 1000),
     "mfq-battle": (["experiment=mfq_battle"], 2000, 500),
+    "mfq-battle-fp32": (["experiment=mfq_battle", "hardware.precision=fp32"], 2000, 500),
     "mfq-ising-256": (["experiment=mfq_ising", "env.L=256", "hardware.num_envs=16", "algo.learning_starts=0"], 64, 16),
 }
+LEARNER_CASES = {"super_ddqn-update": ["algo=super_ddqn", "env=pursuit"]}  # the paper's network, batch 32 per agent
 
 
 def compose_config(overrides: list[str]):
@@ -71,6 +80,7 @@ def random_actions(spec, num_envs: int, gen: torch.Generator) -> torch.Tensor:
 def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, int]:
     """Env steps per second with random actions, and the number of agents."""
     env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
+    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=env.worker_processes))  # as `marlrun train` does
     try:
         env.reset()
         gen = torch.Generator().manual_seed(0)
@@ -87,11 +97,12 @@ def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, in
         env.close()
 
 
-def act_throughput(cfg, seconds: float, device: torch.device) -> float:
+def act_throughput(cfg, seconds: float, device: torch.device, precision: str) -> float:
     """Env steps per second with the algorithm (untrained) choosing every action: acting without learning."""
     env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
     try:
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed)
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
+                                                                      precision=precision)
         obs = env.reset()
         for _ in range(2):  # warm up
             obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
@@ -120,20 +131,21 @@ def train_throughput(overrides: list[str], learning_starts: int, train_steps: in
 
 def measure_case(name: str, extra: list[str], seconds: float, train_steps: int | None) -> dict:
     """Every figure of one case, measured in this process."""
+    if name in LEARNER_CASES:
+        return measure_learner(name, extra)
     case_overrides, default_steps, log = CASES[name]
     overrides = [*case_overrides, *extra]
     cfg = compose_config(overrides)
     validate(cfg)
-    device = resolve_device(cfg.hardware.device)
-    torch.set_num_threads(torch_threads(cfg.hardware))
+    device, precision = setup(cfg.hardware)
     raw, n_agents = raw_throughput(cfg, seconds, device)
     result = {
         "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,
-        "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": str(device),
+        "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": str(device), "precision": precision,
         "torch_threads": torch.get_num_threads(), "raw_env_steps_per_sec": round(raw, 1), "raw_agent_steps_per_sec": round(raw * n_agents, 1),
     }
     if default_steps:
-        act = act_throughput(cfg, seconds, device)
+        act = act_throughput(cfg, seconds, device, precision)
         steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.learning_starts, train_steps or default_steps, log)
         result.update({
             "act_env_steps_per_sec": round(act, 1), "act_agent_steps_per_sec": round(act * n_agents, 1),
@@ -143,6 +155,83 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if device.type == "cuda":
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
+
+
+class MatmulShapes(TorchDispatchMode):
+    """Records the operand shapes of every batched matmul run inside it (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+            a, b = (args[0], args[1]) if func is torch.ops.aten.bmm.default else (args[1], args[2])
+            self.shapes.append((tuple(a.shape), tuple(b.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def best_ms(fn, device: torch.device, repeats: int, rounds: int = 3) -> float:
+    """The best of ``rounds`` mean times of ``repeats`` calls, in ms, after a warm-up."""
+    for _ in range(3):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats * 1e3)
+    return best
+
+
+def matmul_peak(shapes, dtype: torch.dtype, device: torch.device) -> float:
+    """FLOP/s of plain batched matmuls of ``shapes``, back to back: the machine's own peak for this work."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    pairs = [(torch.randn(a, generator=gen, device=device).to(dtype), torch.randn(b, generator=gen, device=device).to(dtype)) for a, b in shapes]
+    flop = sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b in pairs)
+    ms = best_ms(lambda: [torch.bmm(a, b) for a, b in pairs], device, repeats=20)
+    return flop / (ms / 1e3)
+
+
+def measure_learner(name: str, extra: list[str]) -> dict:
+    """The paper's SUPER-DDQN update alone, in each precision the machine has, beside the matmul peak of its shapes."""
+    cfg = compose_config([*LEARNER_CASES[name], *extra])
+    validate(cfg)
+    device, _ = setup(cfg.hardware)
+    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
+    spec = env.spec
+    env.close()
+    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=0))  # the learner alone: every core it may use
+    result = {"case": name, "overrides": [*LEARNER_CASES[name], *extra], "algo": cfg.algo.name, "env": cfg.env.name,
+              "agents": spec.n_agents, "batch_per_agent": cfg.algo.batch_size, "device": str(device),
+              "torch_threads": torch.get_num_threads(), "precisions": {}}
+    for precision in [p for p in PRECISIONS if p != "auto" and (p == "fp32" or bf16_supported(device))]:
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=spec, num_envs=cfg.hardware.num_envs, device=device,
+                                                                      seed=cfg.seed, precision=precision)
+        gen = torch.Generator(device=device).manual_seed(0)
+        n = min(5000, cfg.algo.buffer_size)  # a replay of random transitions, n per agent
+        agent = torch.arange(spec.n_agents, device=device).repeat_interleave(n)
+        obs = torch.randint(0, 3, (len(agent), *spec.obs_shape), generator=gen, device=device).to(spec.obs_storage_dtype)
+        actions = torch.randint(0, spec.n_actions, (len(agent),), generator=gen, device=device)
+        algo.replay.add(agent, obs, actions, torch.randn(len(agent), generator=gen, device=device), obs, torch.zeros(len(agent), device=device))
+        algo.replay_ready = True
+        ms = best_ms(algo.gradient_step, device, repeats=30)
+        with FlopCounterMode(display=False) as counter:
+            algo.gradient_step()
+        with MatmulShapes() as recorder:
+            algo.gradient_step()
+        flop = counter.get_total_flops()
+        peak = matmul_peak(recorder.shapes, compute_dtype(device, precision), device)
+        result["precisions"][precision] = {
+            "ms_per_update": round(ms, 2), "gflop_per_update": round(flop / 1e9, 3), "gflop_per_sec": round(flop / ms / 1e6, 1),
+            "matmul_peak_gflop_per_sec": round(peak / 1e9, 1), "fraction_of_peak": round(flop / (ms / 1e3) / peak, 3),
+        }
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
 
 
@@ -166,13 +255,25 @@ def fmt(value, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_learner_table(results: list[dict]) -> None:
+    table = Table(title="one learner update alone, against the machine's matmul peak at the update's own shapes")
+    for column in ("case", "device", "threads", "precision", "ms / update", "GFLOP / update", "GFLOP/s", "matmul peak GFLOP/s", "of peak"):
+        table.add_column(column, justify="right", no_wrap=column == "case")
+    for r in results:
+        for precision, f in r["precisions"].items():
+            table.add_row(r["case"], r["device"], str(r["torch_threads"]), precision, fmt(f["ms_per_update"], ".2f"),
+                          fmt(f["gflop_per_update"], ".2f"), fmt(f["gflop_per_sec"]), fmt(f["matmul_peak_gflop_per_sec"]),
+                          fmt(f["fraction_of_peak"], ".0%"))
+    Console(width=200).print(table)
+
+
 def print_table(results: list[dict]) -> None:
     table = Table(title="raw environment, acting and training throughput, peak memory (env steps/s summed over copies)")
-    for column in ("case", "device", "copies/workers/threads", "agents", "raw env steps/s", "act agent-steps/s",
+    for column in ("case", "device", "precision", "copies/workers/threads", "agents", "raw env steps/s", "act agent-steps/s",
                    "train env steps/s", "train agent-steps/s", "updates/s", "train / raw", "peak RSS MiB", "peak CUDA MiB"):
         table.add_column(column, justify="right", no_wrap=column == "case")
     for r in results:
-        table.add_row(r["case"], r["device"], f"{r['num_envs']}/{r['env_workers']}/{r['torch_threads']}", f"{r['agents']:,}",
+        table.add_row(r["case"], r["device"], r["precision"], f"{r['num_envs']}/{r['env_workers']}/{r['torch_threads']}", f"{r['agents']:,}",
                       fmt(r["raw_env_steps_per_sec"]), fmt(r.get("act_agent_steps_per_sec")), fmt(r.get("train_env_steps_per_sec")),
                       fmt(r.get("train_agent_steps_per_sec")), fmt(r.get("train_updates_per_sec"), ",.1f"),
                       fmt(r.get("train_over_raw"), ".0%"), fmt(r["peak_rss_mib"]), fmt(r.get("peak_cuda_mib")))
@@ -182,7 +283,7 @@ def print_table(results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="marlrun bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every case, as for `marlrun train`")
-    parser.add_argument("--case", action="append", help=f"cases to run (repeatable; default: all): {', '.join(CASES)}")
+    parser.add_argument("--case", action="append", help=f"cases to run (repeatable; default: all): {', '.join([*LEARNER_CASES, *CASES])}")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to step each raw environment and each acting policy")
     parser.add_argument("--train-steps", type=int, default=None, help="env steps of training measured after learning starts")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench.json"), help="where to write the figures")
@@ -193,16 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(RESULT + json.dumps(measure_case(args.child, args.overrides, args.seconds, args.train_steps)), flush=True)
         return 0
-    unknown = [name for name in args.case or [] if name not in CASES]
+    known = [*LEARNER_CASES, *CASES]
+    unknown = [name for name in args.case or [] if name not in known]
     if unknown:
-        raise UserError(f"unknown bench case {', '.join(unknown)}; pick from {', '.join(CASES)}")
+        raise UserError(f"unknown bench case {', '.join(unknown)}; pick from {', '.join(known)}")
     if args.seconds <= 0:
         raise UserError(f"--seconds must be > 0, got {args.seconds}")
     results = []
-    for name in args.case or list(CASES):
+    for name in args.case or known:
         results.append(run_case_in_child(name, args.overrides, args.seconds, args.train_steps, args.timeout))
         print(f"{name}: done", file=sys.stderr, flush=True)
-    print_table(results)
+    learners = [r for r in results if r["case"] in LEARNER_CASES]
+    if learners:
+        print_learner_table(learners)
+    if len(learners) < len(results):
+        print_table([r for r in results if r["case"] not in LEARNER_CASES])
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     args.json.parent.mkdir(parents=True, exist_ok=True)

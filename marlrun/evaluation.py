@@ -102,25 +102,29 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
 
     from marlrun.algos.base import check_compatible
     from marlrun.checkpoint import load_checkpoint
-    from marlrun.runner import env_seed, evaluate, make_env, resolve_device, seed_everything, torch_threads
+    from marlrun.hardware import keep_freed_memory, resolve_device, resolve_precision, torch_threads
+    from marlrun.runner import env_seed, evaluate, make_env, seed_everything
 
     cfg = load_run_config(run_dir)
     path = choose_checkpoint(run_dir, options.get("checkpoint"))
     device = resolve_device(options.get("device", cfg.hardware.device))
+    precision = resolve_precision(cfg.hardware.get("precision", "fp32"), device)  # runs from before the key were fp32
+    keep_freed_memory()
     state = load_checkpoint(path, map_location=device)
     step = int(state["env_steps"])
     seed = int(options.get("seed", cfg.seed))
     episodes = int(options.get("episodes", cfg.eval_episodes or 10))
     render = bool(options.get("render", False))
 
-    torch.set_num_threads(torch_threads(cfg.hardware))  # as in training: same arithmetic, same greedy actions
     seed_everything(seed)
     cfg.hardware.env_workers = 0  # the copies step in this process (and can be drawn)
     env = make_env(cfg, episodes, env_seed(seed, 1), device)
+    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=env.worker_processes))  # as in training's evaluation
     try:
         algo_cls = get_class(cfg.algo._target_)
         check_compatible(algo_cls, env.spec)
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=cfg.hardware.num_envs, device=device, seed=seed)
+        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=cfg.hardware.num_envs, device=device, seed=seed,
+                                                                      precision=precision)
         try:
             algo.load_state_dict(state["algo"])
         except (KeyError, ValueError, RuntimeError) as exc:

@@ -163,14 +163,14 @@ class SuperDDQN(Algorithm):
         metrics: dict[str, torch.Tensor] = {}
         # Spread the fragment's updates over the env steps of the next one, so they overlap with env stepping.
         for _ in range(min(self.pending_updates, self.updates_per_call)):
-            metrics = self._gradient_step()
+            metrics = self.gradient_step()
             self.pending_updates -= 1
         if env_steps - self.last_target_update >= self.target_update_interval:
             self.q_target.load_state_dict(self.q.state_dict())
             self.last_target_update = env_steps
         return metrics
 
-    def _gradient_step(self) -> dict[str, torch.Tensor]:
+    def gradient_step(self) -> dict[str, torch.Tensor]:
         batch = self.replay.sample(self.batch_size)  # every field [A, B, ...]
         td = self.td_error(batch["obs"], batch["action"], batch["reward"], batch["next_obs"], batch["terminated"])
         per_sample = F.huber_loss(td, torch.zeros_like(td), reduction="none", delta=self.huber_delta)
