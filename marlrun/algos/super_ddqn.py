@@ -102,7 +102,7 @@ class SuperDDQN(Algorithm):
 
     def td_error(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
         """Double-DQN TD error in fp32, [A, B]: r + gamma * (1 - d) * Q'(s', argmax_a Q(s', a)) - Q(s, a)."""
-        with self.autocast():
+        with self.autocast():  # one autocast region: the online weights are cast once for both of their passes
             q_taken = self._q_values(self.q, obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
             with torch.no_grad():
                 next_action = self._q_values(self.q, next_obs).argmax(-1, keepdim=True)
@@ -113,8 +113,9 @@ class SuperDDQN(Algorithm):
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
-        with self.autocast():
-            q = self._q_values(self.q, obs.transpose(0, 1))  # [A, E, n_actions]
+        # fp32 whatever the precision: on a few observations casting the weights costs more than bf16 saves
+        # (0.6 against 1.0 ms for 4 copies of 8 agents on a 2-core AMX CPU), and greedy actions are decided in fp32
+        q = self._q_values(self.q, obs.transpose(0, 1))  # [A, E, n_actions]
         actions = q.argmax(-1).T  # [E, A]
         if not greedy:
             eps = self.epsilon(env_steps)
