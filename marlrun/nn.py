@@ -113,11 +113,11 @@ class SetConv2dReLU(nn.Module):
         _uniform_(self.bias, fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x.device)
+        dtype = autocast_dtype(x.device)
         return _SetConvReLU.apply(x, self.weight.to(dtype), self.bias.to(dtype), self.k, self.index)
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
+def autocast_dtype(device: torch.device) -> torch.dtype:
     """The dtype matmuls run in here: autocast's when it is on for this device type, else float32."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)

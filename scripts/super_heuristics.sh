@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SUPER paper's heuristic comparison on pursuit (experiment=super_heuristics: 8 pursuers, 30 evaders, 16x16,
 # 800k env steps; none, all, quantile, gaussian, stochastic x 3 seeds = 15 runs), then the report.
-# About 2.2 hours per run on a 2-core CPU; meant for a GPU box or a cluster:
+# About 72 minutes per run on a 2-core CPU (bf16); meant for a GPU box or a cluster:
 #   LAUNCHER="hydra/launcher=submitit_slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1 \
 #     hydra.launcher.cpus_per_task=4 hydra.launcher.timeout_min=240" scripts/super_heuristics.sh
 set -euo pipefail

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from conftest import SMALL_PURSUIT, run_cli, run_dirs
 
@@ -153,3 +154,20 @@ def test_bench_measures_side_by_side_and_writes_json(tmp_path):
         assert r["raw_env_steps_per_sec"] > 0 and r["peak_rss_mib"] > 0 and r["num_envs"] == 8
     assert "pursuit-native-1024-raw" in result.stdout and "torch" in report["machine"]
     assert_one_line_error(run_cli("bench", "--case", "nope", cwd=tmp_path), "unknown bench case nope", "mfq-ising-256")
+
+
+def test_bench_learner_case_times_the_paper_update_against_the_matmul_peak(tmp_path):
+    from marlrun.hardware import bf16_supported
+
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--case", "super_ddqn-update", "--json", str(out), "hardware.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(out.read_text())["results"]
+    expected = {"fp32", "bf16"} if bf16_supported(torch.device("cpu")) else {"fp32"}
+    assert set(case["precisions"]) == expected and case["agents"] == 8 and case["batch_per_agent"] == 32
+    for figures in case["precisions"].values():
+        # three forward passes over 8 x 32 observations and one backward pass of the paper's network: ~1.5 GFLOP
+        assert 1.0 < figures["gflop_per_update"] < 2.5
+        assert figures["ms_per_update"] > 0 and 0 < figures["fraction_of_peak"] < 1.5
+        assert figures["gflop_per_sec"] == pytest.approx(figures["gflop_per_update"] / figures["ms_per_update"] * 1e3, rel=0.02)
+    assert "matmul peak" in result.stdout

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError
+from marlrun.hardware import autocast
 from marlrun.nn import SetMLP, clip_grad_norm_per_set
 from marlrun.replay import JointReplay
 
@@ -80,6 +81,7 @@ class MADDPG(Algorithm):
         self.gumbel_temperature, self.gumbel_hard, self.noise_std = gumbel_temperature, gumbel_hard, noise_std
         self.low, self.high = spec.action_bounds
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.autocast = lambda: autocast(device, precision)  # the updates' matmuls; Q values and logits come out fp32
 
         unknown = sorted(set(ddpg_teams) - set(spec.team_names))
         if unknown:
@@ -128,7 +130,7 @@ class MADDPG(Algorithm):
             inputs = torch.cat([x.expand(n, B, x.shape[-1]), actions.flatten(2)], dim=-1)
         else:
             inputs = torch.cat([own, actions[torch.arange(n, device=self.device), :, group.agents]], dim=-1)
-        return critic(inputs).squeeze(-1)
+        return critic(inputs).squeeze(-1).float()
 
     def policy(self, logits: torch.Tensor) -> torch.Tensor:
         """The differentiable action mu(o) used in the updates."""
@@ -178,8 +180,9 @@ class MADDPG(Algorithm):
 
     def update_round(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One critic step and one actor step for every agent, then polyak-average the targets."""
-        y = self.td_targets(batch)
-        critic_loss, q = self.critic_losses(batch, y)
+        with self.autocast():
+            y = self.td_targets(batch)
+            critic_loss, q = self.critic_losses(batch, y)
         explained = 1.0 - critic_loss.detach() / y.var(0).clamp(min=1e-8)  # per agent: about 1 - Var(y - Q) / Var(y)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
@@ -188,7 +191,8 @@ class MADDPG(Algorithm):
         self.critic_optimizer.step()
 
         self.critics.requires_grad_(False)  # the actor loss differentiates through the critics, not into them
-        actor_loss = self.actor_losses(batch)
+        with self.autocast():
+            actor_loss = self.actor_losses(batch)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.sum().backward()
         self.critics.requires_grad_(True)
@@ -211,7 +215,7 @@ class MADDPG(Algorithm):
         B = next_obs.shape[0]
         next_actions = torch.empty(B, self.n_agents, self.n_actions, device=self.device)
         for group, actor_target in zip(self.groups, self.actor_targets):
-            next_actions[:, group.agents] = self.policy(actor_target(self.own_obs(group, next_obs))).transpose(0, 1)
+            next_actions[:, group.agents] = self.policy(actor_target(self.own_obs(group, next_obs)).float()).transpose(0, 1)
         x = self.joint_obs(next_obs)
         y = torch.empty(B, self.n_agents, device=self.device)
         for k, (group, critic_target) in enumerate(zip(self.groups, self.critic_targets)):
@@ -241,7 +245,7 @@ class MADDPG(Algorithm):
         for k, (group, actor, critic) in enumerate(zip(self.groups, self.actors, self.critics)):
             n = len(group.agents)
             own = self.own_obs(group, obs)
-            logits = actor(own)  # [n, B, K]
+            logits = actor(own).float()  # [n, B, K]
             joint = actions.expand(n, *actions.shape).clone()  # [n, B, A, K]: set j's copy of the joint action ...
             joint[torch.arange(n, device=self.device), :, group.agents] = self.policy(logits)  # ... with a_j = mu_j(o_j)
             q = self.q_value(k, critic, x, own, joint)

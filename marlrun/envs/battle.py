@@ -12,9 +12,16 @@ vectorised comparison, together with everyone's previous action.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
-from magent2.environments import battle_v4
+
+_omp_threads = os.environ.get("OMP_NUM_THREADS")
+from magent2.environments import battle_v4  # noqa: E402
+
+if _omp_threads is None:  # magent2 sets OMP_NUM_THREADS to half the cores when imported; torch's threads are the runner's to set
+    os.environ.pop("OMP_NUM_THREADS", None)
 
 from marlrun.envs.base import EnvSpec, MaskNeighbours, VecEnv, VecStep
 from marlrun.envs.vector import copy_seed
