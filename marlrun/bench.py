@@ -226,7 +226,7 @@ def measure_learner(name: str, extra: list[str]) -> dict:
         with MatmulShapes() as recorder:
             algo.gradient_step()
         flop = counter.get_total_flops()
-        peak = matmul_peak(recorder.shapes, compute_dtype(device, precision), device)
+        peak = matmul_peak(recorder.shapes, compute_dtype(precision), device)
         result["precisions"][precision] = {
             "ms_per_update": round(ms, 2), "gflop_per_update": round(flop / 1e9, 3), "gflop_per_sec": round(flop / ms / 1e6, 1),
             "matmul_peak_gflop_per_sec": round(peak / 1e9, 1), "fraction_of_peak": round(flop / (ms / 1e3) / peak, 3),

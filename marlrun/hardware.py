@@ -124,7 +124,7 @@ def allow_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+def compute_dtype(precision: str) -> torch.dtype:
     """The dtype the networks' matmuls run in at ``precision``."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
 

@@ -57,7 +57,7 @@ class SuperDDQN(Algorithm):
         self.q = DuelingQNetwork(*net_args).to(device)
         # The target network only ever computes, so it is kept in the precision it computes in (bf16 or fp32):
         # no cast of its weights in every pass, and the same numbers as casting fp32 weights each time.
-        self.q_target = DuelingQNetwork(*net_args).to(device, compute_dtype(device, precision))
+        self.q_target = DuelingQNetwork(*net_args).to(device, compute_dtype(precision))
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr, eps=adam_eps, fused=True)  # one kernel for all weights
