@@ -24,7 +24,7 @@ from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoin
 from marlrun.config import validate
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
-from marlrun.hardware import available_cores, resolve_device, setup, torch_threads  # noqa: F401 (re-exported)
+from marlrun.hardware import setup, torch_threads
 from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
 
 console = Console(stderr=True)

@@ -37,7 +37,7 @@ def parallel_jobs(hydra_cfg) -> int:
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
-    from marlrun.runner import available_cores
+    from marlrun.hardware import available_cores
 
     n_jobs = int(launcher.get("n_jobs") or -1)
     cores = available_cores()

@@ -95,7 +95,7 @@ def test_an_interrupted_job_skips_the_rest_of_the_sweep_in_its_process(tmp_path,
 
 
 def test_joblib_jobs_share_the_cores(compose_cfg, monkeypatch):
-    from marlrun.runner import torch_threads
+    from marlrun.hardware import torch_threads
     from marlrun.sweep import parallel_jobs
 
     joblib = OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}})

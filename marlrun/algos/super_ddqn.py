@@ -48,7 +48,6 @@ class SuperDDQN(Algorithm):
         self.target_update_interval, self.max_grad_norm, self.huber_delta = target_update_interval, max_grad_norm, huber_delta
         self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.precision = precision
         self.autocast = lambda: autocast(device, precision)  # the networks' matmuls; their outputs are fp32
 
         self.parameter_sharing = parameter_sharing
