@@ -7,6 +7,7 @@ with a non-zero exit, never as a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,14 @@ def _hydra_message(exc: BaseException) -> str:
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return f"unknown config key '{unknown.group(1)}' ({first(cause)}); `marlrun train --cfg job` lists every key"
     text = first(exc)
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException) and "=" in exc.override:
+        key, value = exc.override.split("=", 1)
+        if re.search(r"[\s'\"\\]|[^\x00-\x7f]", value) and not (value[:1] in "'\"" and value[-1:] == value[:1]):
+            return (f"{exc.override}: Hydra cannot read this value unquoted (spaces, quotes or non-ASCII characters); "
+                    f"quote it for Hydra inside the shell's quotes: \"{key}={hydra_quoted(value)}\"")
+        return f"{exc.override}: Hydra cannot parse this override ({text.split(' See https')[0]}); see `marlrun train --help`"
     if "Could not find" in text:  # unknown group option: keep the options, drop Hydra's search path
         text = text.split(" Config search path:")[0].replace(" Available options in", "; available options in")
     elif cause is not None and str(cause).strip() and first(cause) not in text:
@@ -60,24 +69,61 @@ def _hydra_message(exc: BaseException) -> str:
     return text
 
 
+GROUPS = ("algo", "env", "hardware", "experiment")
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value: a path with spaces or other characters Hydra's lexer refuses."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
 def _resume_args(args: list[str]) -> list[str] | str:
-    """Turn `resume=RUN_DIR` into Hydra arguments that compose the run's saved config in its own folder."""
+    """Turn `resume=RUN_DIR` into Hydra arguments that compose the run's saved config in its own folder, and lock it."""
     resume = [a for a in args if a.startswith("resume=")]
     if not resume:
         return args
-    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    if "-m" in args or "--multirun" in args:
+        return "resume= continues one run; drop -m/--multirun (a sweep's jobs are resumed one by one)"
+    from marlrun.runfolder import unquoted
+
+    value = unquoted(resume[-1].split("=", 1)[1])
+    if not value:
+        return "resume= needs a run folder: marlrun train resume=RUN_DIR"
+    run_dir = Path(value).expanduser().resolve()
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         return f"resume: {run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end"
     from marlrun.checkpoint import checkpoint_paths
+    from marlrun.runfolder import in_use, lock
+
+    from marlrun.config import load_run_config
+    from marlrun.errors import UserError
+    from marlrun.metrics import read_metrics
 
     if not checkpoint_paths(run_dir):
         return f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead"
+    try:
+        load_run_config(run_dir)  # a saved config that is not a marlrun config never reaches Hydra
+        read_metrics(run_dir)
+    except UserError as exc:
+        return f"resume: {exc}"
     rest = [a for a in args if not a.startswith("resume=")]
+    for arg in rest:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in GROUPS:
+            return (f"resume: {arg} would change the run's {key}; a resumed run keeps its algo, env and hardware "
+                    f"(start a new run with {arg} instead)")
+        if key.startswith("hydra.run.dir") or key in ("hydra.output_subdir", "resume"):
+            return f"resume: {arg} cannot be changed; a resumed run stays in its folder {run_dir}"
+    try:
+        if not lock(run_dir):
+            return str(in_use(run_dir))
+    except OSError as exc:
+        return f"resume: cannot write {run_dir} ({exc.strerror}); a resumed run writes into its folder"
     return [
         "--config-path", str(saved.parent), "--config-name", "config",
-        f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",  # keep the original .hydra/ untouched
-        f"resume={run_dir}", *rest,
+        f"hydra.run.dir={hydra_quoted(run_dir)}", "hydra.output_subdir=null",  # keep the original .hydra/ untouched
+        f"resume={hydra_quoted(run_dir)}", *rest,
     ]
 
 
@@ -87,11 +133,23 @@ def _remove_if_never_started(run_dir: Path, resume) -> None:
 
     if resume or not run_dir.is_dir():
         return
-    if all(p.name == ".hydra" or (p.suffix == ".log" and p.stat().st_size == 0) for p in run_dir.iterdir()):
+    from marlrun.runfolder import LOCK_FILE, release
+
+    release(run_dir)
+    if all(p.name in (".hydra", LOCK_FILE) or (p.suffix == ".log" and p.stat().st_size == 0) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 
 def train_main(args: list[str]) -> int:
+    from marlrun.runfolder import release
+
+    try:
+        return _train(args)
+    finally:
+        release()  # the run folders this process locked
+
+
+def _train(args: list[str]) -> int:
     args = _resume_args(args)
     if isinstance(args, str):
         return fail(args)
@@ -110,6 +168,15 @@ def train_main(args: list[str]) -> int:
     multirun = "-m" in args or "--multirun" in args
     if multirun and any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in args):
         return fail("--cfg and --info show one job's config; drop -m/--multirun to see it (the sweep's values are overrides)")
+    if multirun and not any(a in ("--help", "-h", "--hydra-help") for a in args):
+        from marlrun.runfolder import check_sweep_folder
+
+        try:
+            check_sweep_folder(args)
+        except UserError as exc:
+            return fail(str(exc))
+        except OSError as exc:
+            return fail(f"cannot write {exc.filename}: {exc.strerror}; choose another sweep folder with hydra.sweep.dir=PATH")
     job_state: dict = {}  # outlives the jobs a launcher runs in this process
 
     @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
@@ -117,11 +184,18 @@ def train_main(args: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from marlrun.runfolder import refusal
         from marlrun.runner import train
         from marlrun.sweep import run_job
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        if refused := refusal():  # the folder belongs to another run or process; Hydra wrote into a scratch one
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            outcome["error"] = str(refused)
+            return
         if hydra_cfg.mode == RunMode.MULTIRUN:
             run_job(cfg, run_dir, hydra_cfg, job_state)
             return
@@ -148,18 +222,25 @@ def train_main(args: list[str]) -> int:
     except OSError as exc:
         if exc.filename:
             return fail(f"cannot write {exc.filename}: {exc.strerror}; choose another output folder with hydra.run.dir=PATH")
+        if exc.errno == errno.ENOSPC:
+            return fail("no space left on device; free some, then continue with marlrun train resume=RUN_DIR")
         raise
     except KeyboardInterrupt:
         print("marlrun: interrupted", file=sys.stderr)
         if multirun:
             _sweep_exit()
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): say so, then the jobs
+    except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): rerun the unfinished jobs
         if not multirun:
             raise
-        fail(f"the sweep's launcher stopped: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
-        _sweep_exit()
-        return EXIT_USER_ERROR
+        from marlrun.runner import console
+        from marlrun.sweep import rerun_unfinished, sweep_dirs
+
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        console.print(f"[red]the sweep's launcher stopped[/] ({type(exc).__name__}: {reason}); rerunning the jobs it did not finish")
+        for sweep_dir in sweep_dirs:
+            rerun_unfinished(sweep_dir, console)
+        return _sweep_exit()
     if "error" in outcome:
         return fail(outcome["error"])
     return EXIT_INTERRUPTED if outcome.get("stopped") else 0

@@ -10,7 +10,9 @@ config into dataclass objects, before anything is built or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +25,11 @@ from marlrun.hardware import PRECISIONS
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise UserError(f"{key}: {message}")
+
+
+def _require_batch_fits(batch_size: int, buffer_size: int) -> None:
+    _require(batch_size <= buffer_size, "algo.batch_size",
+             f"a minibatch of {batch_size} cannot come from a replay of {buffer_size}; lower algo.batch_size or raise algo.buffer_size")
 
 
 # --------------------------------------------------------------------------- hardware
@@ -83,6 +90,21 @@ class PursuitConfig:
         _require(self.n_catch >= 1, "env.n_catch", "must be >= 1")
         _require(0.0 < self.constraint_window <= 1.0, "env.constraint_window", "must be in (0, 1]")
         _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        view = 2 * max(self.x_size, self.y_size) + 1
+        _require(self.obs_range <= view, "env.obs_range", f"at most {view} on a {self.x_size}x{self.y_size} map (a view of {view} sees all of it from any cell), got {self.obs_range}")
+        _require(self.surround or self.n_catch <= self.n_pursuers, "env.n_catch",
+                 f"{self.n_catch} pursuers must share an evader's cell to catch it, but there are only {self.n_pursuers} (env.n_pursuers); no catch would ever happen")
+        from marlrun.envs.pursuit import most_agents_apart, start_window_room
+
+        smallest = 1 / min(self.x_size, self.y_size)
+        _require(int(self.x_size * self.constraint_window) >= 1 and int(self.y_size * self.constraint_window) >= 1, "env.constraint_window",
+                 f"the start window must hold at least one cell per side: at least {smallest:.3g} on a {self.x_size}x{self.y_size} map, got {self.constraint_window}")
+        room = start_window_room(self.x_size, self.y_size, self.constraint_window)
+        fits = most_agents_apart(room)
+        for key, n in (("env.n_pursuers", self.n_pursuers), ("env.n_evaders", self.n_evaders)):
+            _require(n <= fits, key, f"{n} do not fit on a {self.x_size}x{self.y_size} map: a reset places each agent apart from the others of its kind "
+                                     f"(its cell and 4 neighbours), and the start window has {room} open cells, room for {fits}; "
+                                     "use fewer, a bigger map (env.x_size, env.y_size) or a larger env.constraint_window")
 
 
 @dataclass
@@ -205,6 +227,7 @@ class SuperDDQNConfig:
         for key in ("batch_size", "buffer_size", "rollout_fragment", "updates_per_fragment", "target_update_interval", "epsilon_decay_steps", "hidden", "head_hidden", "conv_kernel"):
             _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require_batch_fits(self.batch_size, self.buffer_size)
         _require(self.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
         for key in ("epsilon_start", "epsilon_end"):
             _require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", "must be in [0, 1]")
@@ -247,6 +270,7 @@ class MADDPGConfig:
         for key in ("batch_size", "buffer_size", "update_interval"):
             _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require_batch_fits(self.batch_size, self.buffer_size)
         _require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
         _require(self.actor_reg >= 0, "algo.actor_reg", "must be >= 0")
         _require(self.noise_std >= 0, "algo.noise_std", "must be >= 0")
@@ -299,11 +323,15 @@ class MFQConfig:
         for key in ("batch_size", "buffer_size", "update_interval", "conv_kernel", "obs_hidden"):
             _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require_batch_fits(self.batch_size, self.buffer_size)
         _require(self.mean_action_hidden >= 0, "algo.mean_action_hidden", "must be >= 0")
         _require(min(self.conv_channels, default=1) >= 1 and min(self.hidden, default=1) >= 1, "algo.conv_channels/hidden", "widths must be positive")
 
 
 # --------------------------------------------------------------------------- the run
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
+
+
 @dataclass
 class RunConfig:
     """Run-level keys (conf/config.yaml)."""
@@ -324,6 +352,7 @@ class RunConfig:
     print_config: bool = True  # print the composed config at start
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, 2**63 - 1], got {self.seed}")
         _require(self.total_steps >= 0, "total_steps", f"must be >= 0, got {self.total_steps}")
         _require(self.log_interval >= 1, "log_interval", "must be >= 1")
         _require(self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
@@ -332,18 +361,72 @@ class RunConfig:
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 
+ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig)
+ENV_SCHEMAS = (PursuitConfig, SimpleAdversaryConfig, IsingConfig, BattleConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="marlrun_schema", node=RunConfig)
     # Under schema/ so that they do not show up as options of the algo/env/hardware groups.
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
-    cs.store(group="schema/env", name="pursuit", node=PursuitConfig)
-    cs.store(group="schema/env", name="simple_adversary", node=SimpleAdversaryConfig)
-    cs.store(group="schema/algo", name="super_ddqn", node=SuperDDQNConfig)
-    cs.store(group="schema/env", name="ising", node=IsingConfig)
-    cs.store(group="schema/env", name="battle", node=BattleConfig)
-    cs.store(group="schema/algo", name="maddpg", node=MADDPGConfig)
-    cs.store(group="schema/algo", name="mfq", node=MFQConfig)
+    for group, schemas in (("algo", ALGO_SCHEMAS), ("env", ENV_SCHEMAS)):
+        for schema in schemas:
+            cs.store(group=f"schema/{group}", name=schema.name, node=schema)
+
+
+def _one_line(exc: BaseException, cfg: DictConfig | None = None) -> str:
+    """An OmegaConf error as ``key: message`` on one line (its message names the key on a ``full_key:`` line; for an
+    interpolation that does not resolve, the key is found by resolving ``cfg``'s values one by one)."""
+    text = str(exc)
+    key = getattr(exc, "full_key", None) or (_unresolvable_key(cfg) if cfg is not None else None)
+    message = " ".join(text.split("\n    full_key:")[0].split())
+    if "interpolation" in message.lower():
+        message += "; give the key a plain value, or an interpolation of another key (${algo.lr}) or of ${oc.env:NAME}"
+    return f"{key}: {message}" if key else message
+
+
+def _unresolvable_key(cfg: DictConfig, path: str = "") -> str | None:
+    for key in cfg.keys():
+        full = f"{path}{key}"
+        try:
+            value = cfg[key]
+        except Exception:
+            return full
+        if isinstance(value, DictConfig) and (found := _unresolvable_key(value, f"{full}.")):
+            return found
+    return None
+
+
+def _schema_for(cfg: DictConfig, group: str, schemas: tuple) -> type:
+    """The schema of the ``algo`` or ``env`` node, chosen by its ``_target_``: only marlrun's own classes and factories
+    may be built from a config, so a config someone sent (a run folder's .hydra/config.yaml) never runs other code."""
+    node = cfg.get(group) if isinstance(cfg, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{group}: missing or not a mapping; a run config names its {group} with {group}=NAME")
+    target = node.get("_target_")
+    for schema in schemas:
+        if target == schema._target_:
+            return schema
+    names = ", ".join(schema.name for schema in schemas)
+    raise UserError(f"{group}._target_: '{target}' is not one of marlrun's {group}s ({names}); only marlrun's own classes are built from a config")
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """``cfg`` merged onto its schemas: a config composed without them (a saved run config, read back for ``resume=``
+    or ``eval``) is type-checked and refuses unknown keys exactly as a fresh run's is."""
+    if not isinstance(cfg, DictConfig):
+        raise UserError("the config is not a mapping of keys to values")
+    try:
+        base = OmegaConf.structured(RunConfig)
+        base.algo = OmegaConf.structured(_schema_for(cfg, "algo", ALGO_SCHEMAS))
+        base.env = OmegaConf.structured(_schema_for(cfg, "env", ENV_SCHEMAS))
+        base.hardware = OmegaConf.structured(HardwareConfig)
+        return OmegaConf.merge(base, cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # unknown key, wrong type, bad interpolation
+        raise UserError(_one_line(exc, cfg)) from None
 
 
 def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
@@ -359,15 +442,51 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
             _reject_unknown_keys(child, f"{full}.")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject unknown keys, then run every schema's range checks (their ``__post_init__``); raises UserError naming the first bad key."""
+def _reject_non_finite(obj, path: str = "") -> None:
+    """inf and nan pass every range check written as a comparison the wrong way round; no key takes them."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _reject_non_finite(value, f"{path}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{path}{f.name}: must be a finite number, got {value}")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """The config typed by its schemas (see :func:`typed`), with every interpolation resolved and every schema's range
+    checks run (their ``__post_init__``); raises UserError naming the first bad key."""
+    cfg = typed(cfg)
     _reject_unknown_keys(cfg)
     try:
-        OmegaConf.to_object(cfg)
+        OmegaConf.resolve(cfg)  # the values that run are the values saved and checked
+        objects = OmegaConf.to_object(cfg)
     except UserError:
         raise
     except Exception as exc:  # OmegaConf wraps errors raised while building the dataclasses
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, UserError):
             raise cause from None
-        raise
+        raise UserError(_one_line(exc, cfg)) from None
+    _reject_non_finite(objects)
+    return cfg
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config, checked by the schemas as a fresh run's is (so it names only marlrun's own classes)."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"{run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end")
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as exc:  # not YAML, not text
+        raise UserError(f"{saved} cannot be read ({type(exc).__name__}); it is not the config a marlrun run saved") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{saved} is not a mapping of config keys (it holds a YAML {type(cfg).__name__}); it is not the config a marlrun run saved")
+    old_fp32 = isinstance(cfg.get("hardware"), DictConfig) and "precision" not in cfg.hardware  # runs from before the key were fp32
+    try:
+        cfg = validate(cfg)
+    except UserError as exc:
+        raise UserError(f"{saved}: {exc}") from None
+    if old_fp32:
+        cfg.hardware.precision = "fp32"
+    return cfg

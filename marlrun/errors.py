@@ -1,8 +1,27 @@
 """The one exception type for a user's mistake: the CLI prints its message on one line and exits non-zero."""
 
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad config value, missing GPU, unreadable checkpoint...).
 
     The message says what was wrong and how to fix it; no traceback is shown.
     """
+
+
+def write_failed(path: Path, exc: BaseException) -> UserError:
+    """A write that failed (a full disk, most often) as one line naming the folder. Call it before removing the
+    partial file: torch reports a full disk only as a failed C++ write, so the disk's free space tells."""
+    try:
+        usage = shutil.disk_usage(path.parent)
+        nearly_full = usage.free < max(2**20, usage.total // 1000)
+    except OSError:
+        nearly_full = False
+    full = getattr(exc, "errno", None) == errno.ENOSPC or nearly_full
+    reason = "no space left on device" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200])
+    return UserError(f"cannot write {path.name} in {path.parent}: {reason}; everything written before it is kept")

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from marlrun.config import MAX_SEED, HardwareConfig, load_run_config
 from marlrun.errors import UserError
 from marlrun.metrics import write_json
 
@@ -57,6 +58,13 @@ def parse_args(args: list[str]) -> tuple[Path, dict]:
                 raise UserError(f"{key}={options[key]}: expected an integer") from None
             if key != "seed" and options[key] < 1:
                 raise UserError(f"{key}={options[key]}: must be at least 1")
+    if "seed" in options and not 0 <= options["seed"] <= MAX_SEED:
+        raise UserError(f"seed={options['seed']}: must be an integer in [0, 2**63 - 1]")
+    if "device" in options:
+        try:
+            HardwareConfig(device=options["device"])
+        except UserError:
+            raise UserError(f"device={options['device']}: unknown device; use auto, cpu, cuda or cuda:N") from None
     for key in ("render", "tensorboard"):
         if key in options:
             if options[key].lower() not in ("true", "false"):
@@ -69,11 +77,15 @@ def parse_args(args: list[str]) -> tuple[Path, dict]:
     return Path(positional[0]).expanduser().resolve(), options
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"{run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end")
-    return OmegaConf.load(saved)
+def writable_folder(folder: Path, option: str) -> None:
+    """Fail before playing, not after, when the results cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".marlrun-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {folder} ({exc.strerror or type(exc).__name__}){option}") from None
 
 
 def choose_checkpoint(run_dir: Path, which: str | None) -> Path:
@@ -108,13 +120,17 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     cfg = load_run_config(run_dir)
     path = choose_checkpoint(run_dir, options.get("checkpoint"))
     device = resolve_device(options.get("device", cfg.hardware.device))
-    precision = resolve_precision(cfg.hardware.get("precision", "fp32"), device)  # runs from before the key were fp32
+    precision = resolve_precision(cfg.hardware.precision, device)
     keep_freed_memory()
     state = load_checkpoint(path, map_location=device)
     step = int(state["env_steps"])
     seed = int(options.get("seed", cfg.seed))
     episodes = int(options.get("episodes", cfg.eval_episodes or 10))
     render = bool(options.get("render", False))
+    out_dir = run_dir / "eval"
+    writable_folder(out_dir, "; the evaluation writes its result there")
+    if "video" in options:
+        writable_folder(Path(options["video"]).expanduser().absolute().parent, "; choose another video=PATH")
 
     seed_everything(seed)
     cfg.hardware.env_workers = 0  # the copies step in this process (and can be drawn)
@@ -142,8 +158,6 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     # what training logged at this step, comparable when the episodes are the same ones
     same_episodes = seed == cfg.seed and episodes == cfg.eval_episodes
     training = next((e for e in state.get("evals", []) if e.get("step") == step), None) if same_episodes else None
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
     name = f"step_{step}_seed_{seed}"
     files = [out_dir / f"{name}.json"]
     if render:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from marlrun.errors import UserError, write_failed
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -18,8 +19,13 @@ def write_json(path: str | Path, data) -> None:
     """Write ``data`` as JSON through a temporary file and a rename: readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        error = write_failed(path, exc)
+        tmp.unlink(missing_ok=True)
+        raise error from None
 
 
 class MeanTracker:
@@ -47,10 +53,30 @@ class MeanTracker:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``metrics.jsonl``. A last line cut short (a process that died, or a disk that filled, while
+    writing it) is left out; any other line that is not a record with an integer ``step`` is a UserError."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); move it away to go on without the run's history") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: a record cut short
+                continue
+            raise UserError(f"{path}: line {number} is not a JSON record; repair or remove that line (or move the file away)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}: line {number} is not a metrics record (no integer 'step'); repair or remove that line")
+        records.append(record)
+    return records
 
 
 class MetricWriter:
@@ -64,18 +90,33 @@ class MetricWriter:
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                error = write_failed(self.path, exc)
+                tmp.unlink(missing_ok=True)
+                raise error from None
         self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=None if resume_step is None else resume_step + 1)
         self.file = open(self.path, "a")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        clean = {k: v for k, v in scalars.items() if math.isfinite(v)}
-        for key, value in clean.items():
+        """One record, whole or not at all: a write that fails (a full disk) is cut back off the file. Non-finite
+        values are written as they are (``NaN``, ``Infinity``, as Python's json reads them) in both files."""
+        for key, value in scalars.items():
             self.tb.add_scalar(key, value, step)
-        self.file.write(json.dumps({"step": step, **clean}) + "\n")
-        self.file.flush()
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        end = self.file.tell()
+        try:
+            self.file.write(line)
+            self.file.flush()
+        except OSError as exc:
+            try:
+                self.file.truncate(end)
+            except OSError:
+                pass
+            raise write_failed(self.path, exc) from None
         self.tb.flush()
 
     def close(self) -> None:

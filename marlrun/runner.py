@@ -20,12 +20,13 @@ from rich.table import Table
 from rich.tree import Tree
 
 from marlrun.algos.base import Algorithm, check_compatible
-from marlrun.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from marlrun.checkpoint import RESUME_KEYS, RUN_STATE_KEYS, checkpoint_paths, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from marlrun.config import validate
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
 from marlrun.hardware import setup, torch_threads
 from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
+from marlrun.runfolder import quoted
 
 console = Console(stderr=True)
 
@@ -159,7 +160,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     launcher may run the next job in the same process.
     """
     run_dir = Path(run_dir)
-    validate(cfg)
+    cfg = validate(cfg)  # typed by the schemas (a resumed run's saved config too), interpolations resolved
     device, precision = setup(cfg.hardware)
     algo_cls = get_class(cfg.algo._target_)
 
@@ -168,18 +169,23 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         paths = checkpoint_paths(run_dir)
         if not paths:
             raise UserError(f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead")
-        checkpoint = load_checkpoint(paths[-1], map_location=device)
+        checkpoint = load_checkpoint(paths[-1], map_location=device, required=RUN_STATE_KEYS + RESUME_KEYS)
     resumes = checkpoint["resumes"] + 1 if checkpoint else 0
+    remove_stale_temp_files(run_dir)  # this process owns the folder: a temporary file is a dead writer's
+    if not checkpoint:
+        save_resolved_config(cfg, run_dir)
 
     seed_everything(cfg.seed)
-    env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
+    with out_of_memory_is_a_user_error(cfg):
+        env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
     torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
     eval_env = None
     writer = None
     try:
         check_compatible(algo_cls, env.spec)
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
-                                                                          precision=precision)
+        with out_of_memory_is_a_user_error(cfg):
+            algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
+                                                                              precision=precision)
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
 
@@ -223,6 +229,16 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
             evals.append({"step": env_steps, **result})
             return result
 
+        finite_at = env_steps
+
+        def check_finite(scalars: dict | None = None) -> None:
+            """Stop before a loss or parameter that is inf or nan reaches a checkpoint (the logs keep the values)."""
+            nonlocal finite_at
+            what = (non_finite_scalar(scalars) if scalars else None) or non_finite_state(algo)
+            if what:
+                raise Diverged(what, env_steps, finite_at)
+            finite_at = env_steps
+
         next_log, next_ckpt = next_multiple(env_steps, cfg.log_interval), next_multiple(env_steps, cfg.checkpoint_interval)
         next_eval = next_multiple(env_steps, cfg.eval_interval) if cfg.eval_interval > 0 else None
         obs = env.reset()
@@ -249,7 +265,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
                     if unobserved:
                         algo.observe(*unobserved)
                     save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
-                    raise UserError(f"{exc}; the learner was saved at env step {env_steps:,}: continue with marlrun train resume={run_dir}") from None
+                    raise UserError(f"{exc}; the learner was saved at env step {env_steps:,}: continue with marlrun train resume={quoted(run_dir)}") from None
                 unobserved = (obs, actions, step)
                 obs = step.obs
                 env_steps += E
@@ -284,10 +300,12 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
                         if periodic:
                             next_eval = next_multiple(env_steps, cfg.eval_interval)
                     writer.write(env_steps, scalars)
+                    check_finite(scalars)
                     next_log = next_multiple(env_steps, cfg.log_interval)
                     interval_start, interval_steps, interval_updates = time.perf_counter(), 0, algo.gradient_steps
                     progress.update(task, speed=f"{scalars['perf/steps_per_sec']:,.0f}")
                 if env_steps >= next_ckpt:
+                    check_finite()
                     save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
                     next_ckpt = next_multiple(env_steps, cfg.checkpoint_interval)
                 progress.update(task, completed=env_steps, ret=f"{recent[-1]:.2f}" if recent else "-")
@@ -296,6 +314,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
                     break
 
             wall = wall_before + time.perf_counter() - start
+            check_finite()
             save_checkpoint(run_dir, env_steps, state(wall), cfg.keep_checkpoints)
 
         summary = {
@@ -312,14 +331,104 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         write_json(run_dir / SUMMARY_FILE, summary)
         print_summary(summary)
         if stopped:
-            console.print(f"[yellow]stopped by {stopped}[/] at env step {env_steps:,}; continue with: marlrun train resume={run_dir}")
+            console.print(f"[yellow]stopped by {stopped}[/] at env step {env_steps:,}; continue with: marlrun train resume={quoted(run_dir)}")
         return summary
+    except Diverged as exc:
+        kept = checkpoint_paths(run_dir)
+        where = f"the last finite checkpoint, {kept[-1]}, is kept" if kept else "no checkpoint was written before it"
+        write_json(run_dir / SUMMARY_FILE, {"status": f"diverged: {exc.what} at env step {exc.step}", "algo": cfg.algo.name, "env": cfg.env.name,
+                                            "seed": cfg.seed, "env_steps": exc.step, "run_dir": str(run_dir.resolve())})
+        raise UserError(f"training diverged: {exc.what} at env step {exc.step:,} (finite at step {exc.since:,}); {where}. "
+                        "Lower algo.lr or check the reward scale") from None
     finally:
         if writer is not None:
             writer.close()
         env.close()
         if eval_env is not None:
             eval_env.close()
+
+
+# ---------------------------------------------------------------------------- faults
+class Diverged(Exception):
+    """A loss or a parameter became inf or nan: the run stops without writing the bad state."""
+
+    def __init__(self, what: str, step: int, since: int):
+        super().__init__(what)
+        self.what, self.step, self.since = what, step, since
+
+
+def non_finite_scalar(scalars: dict[str, float]) -> str | None:
+    """``'train/loss is nan'`` for the first logged training scalar that is not finite."""
+    for key, value in scalars.items():
+        if key.startswith("train/") and not np.isfinite(value):
+            return f"{key} is {value}"
+    return None
+
+
+def non_finite_state(algo: Algorithm) -> str | None:
+    """``'the parameter q.heads.weight holds nan'`` for the first network parameter or optimizer state tensor of the
+    learner (its attributes, and those of the teams or other objects it keeps in lists) holding inf or nan."""
+    def tensors(obj, name, depth=0):
+        if isinstance(obj, torch.nn.Module):
+            for key, t in (*obj.named_parameters(), *obj.named_buffers()):
+                yield f"parameter {name}.{key}", t
+        elif isinstance(obj, torch.optim.Optimizer):
+            for i, per_param in enumerate(obj.state.values()):
+                for key, t in per_param.items():
+                    yield f"optimizer state {name}.{i}.{key}", t
+        elif depth < 2 and isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                yield from tensors(item, f"{name}.{i}", depth + 1)
+        elif depth < 2 and hasattr(obj, "__dataclass_fields__"):
+            for key in obj.__dataclass_fields__:
+                yield from tensors(getattr(obj, key), f"{name}.{getattr(obj, 'name', '')}.{key}".replace("..", "."), depth + 1)
+
+    seen = set()
+    for attr, value in vars(algo).items():
+        for what, t in tensors(value, attr):
+            if id(t) in seen or not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                continue
+            seen.add(id(t))
+            if not bool(torch.isfinite(t).all()):
+                return f"the {what} holds {'nan' if bool(t.isnan().any()) else 'inf'}"
+    return None
+
+
+class out_of_memory_is_a_user_error:
+    """An allocation that cannot be served while the environments or the learner are built: one line naming the keys
+    that size them, instead of the allocator's message."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None:
+            return False
+        while exc.__cause__ is not None and not isinstance(exc, (MemoryError, RuntimeError)):  # instantiate() wraps it
+            exc = exc.__cause__
+        text = str(exc)
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+            sizes = ", ".join(f"{k}={OmegaConf.select(self.cfg, k)}" for k in ("hardware.num_envs", "algo.buffer_size", "eval_episodes")
+                              if OmegaConf.select(self.cfg, k) is not None)
+            import re
+
+            asked = re.search(r"allocate (\d+) bytes", text)
+            what = f"an allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed" if asked else " ".join(text.split())[:120]
+            raise UserError(f"not enough memory to build the run ({sizes}): {what}; lower them") from None
+        return False
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``.hydra/config.yaml`` holds the values that ran (Hydra saves interpolations such as ``${now:...}`` or
+    ``${oc.env:...}`` unresolved, which a later resume or eval could not reproduce)."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if saved.parent.is_dir():
+        tmp = saved.with_name(".config.yaml.tmp")
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        os.replace(tmp, saved)
 
 
 def print_summary(summary: dict) -> None:

@@ -54,9 +54,39 @@ def record_failure(run_dir: Path, message: str, exc: BaseException | None = None
     write_json(run_dir / SUMMARY_FILE, record)
 
 
+NEVER_STARTED = "never started: the sweep stopped before it"
+NO_SUMMARY = "no summary: killed, crashed or still running"
+
+
+def grid(sweep_dir: Path) -> list[list[str]] | None:
+    """Every job's overrides in job order, as Hydra's basic sweeper expands the sweep's command line (from the
+    sweep's multirun.yaml); None for another sweeper, or job folders not named by job number."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        cfg = OmegaConf.load(saved)
+        if "BasicSweeper" not in str(cfg.hydra.sweeper.get("_target_", "")) or str(cfg.hydra.sweep._get_node("subdir")._value()) != "${hydra.job.num}":
+            return None
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in cfg.hydra.overrides.task])
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:  # a multirun.yaml of another Hydra version: list the folders there are
+        return None
+
+
 def job_outcomes(sweep_dir: Path) -> list[dict]:
-    """Each job folder's number, overrides, status and final evaluation return, in job order."""
+    """Each job's number, overrides, status and final evaluation return, in job order: every job of the grid, with
+    the ones that never got a folder (a launcher that stopped before them) as never started."""
     jobs = []
+    expected = grid(sweep_dir) or []
+    for number, overrides in enumerate(expected):
+        if not (sweep_dir / str(number) / ".hydra").is_dir():
+            jobs.append({"job": str(number), "overrides": overrides, "status": NEVER_STARTED, "final_eval_return": None,
+                         "wall_time_s": None, "run_dir": str((sweep_dir / str(number)).resolve())})
     for folder in sweep_dir.iterdir():
         if not (folder / ".hydra").is_dir():
             continue
@@ -70,7 +100,7 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
         jobs.append({
             "job": folder.name,
             "overrides": list(overrides or []),
-            "status": summary.get("status", "no summary: killed, crashed or still running"),
+            "status": summary.get("status", NO_SUMMARY),
             "final_eval_return": summary.get("final_eval_return"),
             "wall_time_s": summary.get("wall_time_s"),
             "run_dir": str(folder.resolve()),
@@ -92,8 +122,14 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
     from marlrun.errors import UserError
     from marlrun.runner import train
 
+    from marlrun.runfolder import lock, release
+
     if state.get("interrupted"):  # Ctrl-C or SIGTERM stopped an earlier job of this process: start no more
         record_failure(run_dir, "the sweep was interrupted before this job started", status="skipped")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not lock(run_dir):
+        record_failure(run_dir, "another marlrun process is using this job's folder")
         return
     try:
         summary = train(cfg, run_dir, parallel_jobs=parallel_jobs(hydra_cfg))
@@ -104,6 +140,7 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
     except Exception as exc:  # a bug or a crash in this job: the traceback goes to its error.log
         record_failure(run_dir, f"{type(exc).__name__}: {exc}", exc)
     finally:  # what this job held goes before the launcher starts the next one in this process
+        release(run_dir)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -129,3 +166,59 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
             console.print(f"[red]job {j['job']}[/] ({j['swept']}): {j['status']}  [dim]{j['run_dir']}")
     console.print(f"folders: {sweep_dir}   compare them: marlrun report {sweep_dir}")
     return failed
+
+
+def rerun_unfinished(sweep_dir: Path, console: Console) -> None:
+    """After a launcher stopped (a worker process killed: joblib then ends every job it runs and starts no more), run
+    each job that has no outcome once more, as many at a time as the launcher ran, each in its own ``marlrun train`` process:
+    resumed from its checkpoint when it has one, else from the start in its folder. Its output goes to the job's
+    ``rerun.log``."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from marlrun.checkpoint import checkpoint_paths
+    from marlrun.cli import hydra_quoted
+    from marlrun.runfolder import lock, release
+
+    import os
+
+    from omegaconf import OmegaConf
+
+    from marlrun.hardware import available_cores
+
+    jobs = grid(sweep_dir)
+    parallel = parallel_jobs(OmegaConf.load(sweep_dir / "multirun.yaml").hydra) if jobs is not None else 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // parallel))}  # the cores, shared as the launcher did
+    if jobs is None:
+        console.print(f"[yellow]{sweep_dir}: cannot tell this sweep's jobs apart (not Hydra's basic sweeper); rerun the unfinished ones by hand")
+        return
+    todo = []
+    for number, overrides in enumerate(jobs):
+        folder = sweep_dir / str(number)
+        if (folder / SUMMARY_FILE).exists():
+            continue
+        deadline = time.monotonic() + 30
+        while folder.is_dir() and not lock(folder) and time.monotonic() < deadline:  # the launcher's workers still ending
+            time.sleep(0.5)
+        release(folder)
+        if checkpoint_paths(folder):
+            todo.append((number, overrides, ["train", f"resume={folder}"], "resumed from its checkpoint"))
+        else:
+            shutil.rmtree(folder, ignore_errors=True)  # what Hydra and the job wrote before it died: no checkpoint to keep
+            todo.append((number, overrides, ["train", *overrides, f"hydra.run.dir={hydra_quoted(folder)}"], "from the start"))
+
+    def run(item) -> None:
+        number, overrides, args, how = item
+        folder = sweep_dir / str(number)
+        console.print(f"rerunning job {number} ({' '.join(overrides)}), {how}")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "rerun.log", "a") as log:
+            done = subprocess.run([sys.executable, "-m", "marlrun.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        if not (folder / SUMMARY_FILE).exists():  # killed again, or refused before it could record anything
+            record_failure(folder, f"its rerun ended with exit status {done.returncode} (see {folder / 'rerun.log'})")
+
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(run, todo))

@@ -19,6 +19,26 @@ class PursuitFactory:
         return pursuit_v5.parallel_env(**self.kwargs)
 
 
+def start_window_room(x_size: int, y_size: int, constraint_window: float) -> int:
+    """Open cells (not the central building of the library's ``rectangle_map``) in the worst start window a reset can
+    draw: ``floor(side * constraint_window)`` cells per side, anywhere on the map."""
+    import numpy as np
+    from pettingzoo.sisl.pursuit.utils.two_d_maps import rectangle_map
+
+    wx, wy = int(x_size * constraint_window), int(y_size * constraint_window)
+    if wx < 1 or wy < 1:
+        return 0
+    open_cells = np.pad((rectangle_map(x_size, y_size) != -1).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = open_cells[wx:, wy:] - open_cells[:-wx, wy:] - open_cells[wx:, :-wy] + open_cells[:-wx, :-wy]
+    return int(sums.min())
+
+
+def most_agents_apart(room: int) -> int:
+    """Agents of one kind a reset can always place in ``room`` open cells: each one placed takes its cell and its 4
+    neighbours from those left, and the library draws again until it finds a free cell (forever, if none is left)."""
+    return (room - 1) // 5 + 1 if room > 0 else 0
+
+
 def pursuit_spec(n_pursuers: int, obs_range: int, name: str = "pursuit") -> EnvSpec:
     return EnvSpec(
         name=name,

@@ -33,7 +33,8 @@ of the library does, and how it is reproduced here:
   the same kind (the library's rejection sampling, done here as a uniform draw over the allowed cells).
 
 Where the library would crash or loop forever (``constraint_window`` too small for a cell, no room left for an
-agent) the native backend picks the window's first cell or relaxes the spacing rule instead.
+agent), the config refuses the settings for both backends (``PursuitConfig``); the simulator itself, built directly,
+picks the window's first cell or relaxes the spacing rule instead.
 
 ``PursuitNativeVecEnv`` wraps the simulator behind the interface of ``PettingZooVecEnv`` (automatic reset,
 ``next_obs`` = true final observation).

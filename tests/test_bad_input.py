@@ -1,0 +1,192 @@
+"""A hostile user's bad inputs, table-driven and in-process: each gets a non-zero exit, exactly one
+`marlrun: error:` line naming the key or file, no traceback, and leaves everything already on disk as it was."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from marlrun.cli import main
+
+TINY = ["total_steps=200", "log_interval=100", "checkpoint_interval=100", "eval_episodes=2", "eval_interval=0",
+        "env.max_cycles=50", "env.x_size=8", "env.y_size=8", "env.n_pursuers=2", "env.n_evaders=3", "hardware=cpu",
+        "hardware.num_envs=2", "hardware.env_workers=0", "algo.buffer_size=2000", "algo.learning_starts=100",
+        "progress=false", "print_config=false"]
+
+
+def call(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def snapshot(root: Path) -> dict:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A finished run, RUN, and copies of it broken in the ways a shared or crashed run folder can be."""
+    root = tmp_path_factory.mktemp("bad_input")
+    run = root / "RUN"
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "marlrun.cli", "train", *TINY, f"hydra.run.dir={run}"], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    broken = {
+        "GARBAGE_CONFIG": lambda d: (d / ".hydra/config.yaml").write_text("algo: [unclosed\n  : : :"),
+        "LIST_CONFIG": lambda d: (d / ".hydra/config.yaml").write_text("- 1\n- 2\n"),
+        "PICKLE_CONFIG": lambda d: _edit_config(d, lambda c: c["env"].update({"_target_": "numpy.load", "allow_pickle": True})),
+        "OPEN_CONFIG": lambda d: _edit_config(d, lambda c: c["algo"].update({"_target_": "builtins.open"})),
+        "ALIEN_CHECKPOINT": lambda d: [torch.save({"a": 1}, p) for p in (d / "checkpoints").glob("*.pt")],
+        "GARBAGE_METRICS": lambda d: _edit_metrics(d, lambda lines: lines[:1] + ["{not json"] + lines[1:]),
+        "STEPLESS_METRICS": lambda d: _edit_metrics(d, lambda lines: lines[:1] + ['{"train/loss": 1.0}'] + lines[1:]),
+        "EVAL_IS_A_FILE": lambda d: (d / "eval").write_text("not a folder"),
+    }
+    for name, breaks in broken.items():
+        shutil.copytree(run, root / name)
+        breaks(root / name)
+    (root / "a_file").write_text("keep me")
+    return root
+
+
+def _edit_config(folder: Path, change) -> None:
+    path = folder / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    change(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _edit_metrics(folder: Path, change) -> None:
+    path = folder / "metrics.jsonl"
+    path.write_text("\n".join(change(path.read_text().splitlines())) + "\n")
+
+
+R = "{root}/RUN"
+CASES = [
+    # --- a fresh run: values out of range, of the wrong type, non-finite, or impossible together
+    (["train", *TINY, "algo.lr=inf"], ["algo.lr", "finite"]),
+    (["train", *TINY, "algo.lr=nan"], ["algo.lr"]),
+    (["train", *TINY, "algo.per_alpha=inf"], ["algo.per_alpha", "finite"]),
+    (["train", *TINY, "algo.gamma=nan"], ["algo.gamma"]),
+    (["train", *TINY, "seed=-1"], ["seed", "[0, 2**63 - 1]"]),
+    (["train", *TINY, "seed=99999999999999999999"], ["seed", "[0, 2**63 - 1]"]),
+    (["train", *TINY, "seed=abc"], ["seed"]),
+    (["train", *TINY, "total_steps=abc"], ["total_steps"]),
+    (["train", *TINY, "total_steps=-5"], ["total_steps", ">= 0"]),
+    (["train", *TINY, "log_interval=0"], ["log_interval", ">= 1"]),
+    (["train", *TINY, "eval_episodes=-3"], ["eval_episodes", ">= 0"]),
+    (["train", *TINY, "eval_interval=-1"], ["eval_interval"]),
+    (["train", *TINY, "checkpoint_interval=0"], ["checkpoint_interval"]),
+    (["train", *TINY, "keep_checkpoints=0"], ["keep_checkpoints"]),
+    (["train", *TINY, "+newkey=1"], ["newkey"]),
+    (["train", *TINY, "newkey=1"], ["newkey"]),
+    (["train", *TINY, "algo.bandwidth=5"], ["algo.bandwidth", "(0, 1]"]),
+    (["train", *TINY, "algo.bandwidth=-0.1"], ["algo.bandwidth"]),
+    (["train", *TINY, "algo.window=0"], ["algo.window"]),
+    (["train", *TINY, "algo.epsilon_start=2"], ["algo.epsilon_start"]),
+    (["train", *TINY, "algo.batch_size=5000"], ["algo.batch_size", "algo.buffer_size"]),
+    (["train", *TINY, "algo.batch_size=0"], ["algo.batch_size"]),
+    (["train", *TINY, "algo.conv_channels=[]"], ["algo.conv_channels"]),
+    (["train", *TINY, "algo.sharing=most"], ["algo.sharing", "quantile"]),
+    (["train", "algo=maddpg", "env=simple_adversary", "hardware=cpu", "algo.batch_size=2048", "algo.buffer_size=1000"], ["algo.batch_size"]),
+    (["train", *TINY, "algo._target_=builtins.open"], ["algo._target_", "builtins.open"]),
+    (["train", *TINY, "env._target_=os.system"], ["env._target_", "os.system"]),
+    (["train", *TINY, "hardware.device=tpu"], ["hardware.device", "tpu"]),
+    (["train", *TINY, "hardware.precision=fp16"], ["hardware.precision", "fp16"]),
+    (["train", *TINY, "hardware.torch_threads=-1"], ["hardware.torch_threads"]),
+    (["train", *TINY, "hardware.env_workers=-1"], ["hardware.env_workers"]),
+    (["train", *TINY, "hardware.num_envs=0"], ["hardware.num_envs"]),
+    (["train", *TINY, "hardware.num_envs=100000000"], ["hardware.num_envs", "not enough memory"]),
+    (["train", *TINY, "env.obs_range=999"], ["env.obs_range", "at most 17"]),
+    (["train", *TINY, "env.obs_range=4"], ["env.obs_range", "odd"]),
+    (["train", *TINY, "env.max_cycles=0"], ["env.max_cycles"]),
+    (["train", *TINY, "env.constraint_window=0.01", "env.backend=pettingzoo"], ["env.constraint_window", "at least 0.125"]),
+    (["train", *TINY, "env.constraint_window=0"], ["env.constraint_window"]),
+    (["train", *TINY, "env.n_evaders=30"], ["env.n_evaders", "room for 10"]),
+    (["train", *TINY, "env.n_evaders=30", "env.backend=pettingzoo"], ["env.n_evaders", "room for 10"]),
+    (["train", *TINY, "env.n_evaders=20", "env.backend=pettingzoo"], ["env.n_evaders"]),
+    (["train", *TINY, "env.n_evaders=100"], ["env.n_evaders"]),
+    (["train", *TINY, "env.n_pursuers=100", "env.backend=pettingzoo"], ["env.n_pursuers"]),
+    (["train", *TINY, "env.surround=false", "env.n_catch=3"], ["env.n_catch", "env.n_pursuers"]),
+    (["train", *TINY, "env.backend=gym"], ["env.backend", "native"]),
+    (["train", *TINY, "total_steps=${total_steps}"], ["total_steps", "interpolation"]),
+    (["train", *TINY, "total_steps=${foo:bar}"], ["total_steps", "interpolation type foo"]),
+    (["train", *TINY, "seed=${oc.env:MARLRUN_TEST_UNSET_VARIABLE}"], ["seed", "MARLRUN_TEST_UNSET_VARIABLE"]),
+    (["train", *TINY, "algo.lr=1e-3)"], ["algo.lr=1e-3)", "cannot parse"]),
+    (["train", *TINY, "hydra.run.dir=with space ü"], ["hydra.run.dir", "quote it", "'with space ü'"]),
+    (["train", *TINY, "hydra.run.dir="], ["hydra.run.dir is empty"]),
+    (["train", *TINY, f"hydra.run.dir={R}"], ["already holds a run", "resume="]),
+    (["train", *TINY, "hydra.run.dir={root}/a_file/run"], ["cannot write", "a_file"]),
+    (["train", *TINY, "algo=nothing"], ["algo/nothing", "super_ddqn"]),
+    (["train", "--cfg", "job", "-m"], ["--cfg"]),
+    # --- resume: validated exactly as a fresh run, and it cannot change what the run is
+    (["train", f"resume={R}", "total_steps=abc"], ["total_steps"]),
+    (["train", f"resume={R}", "total_steps=-5"], ["total_steps", ">= 0"]),
+    (["train", f"resume={R}", "log_interval=0"], ["log_interval"]),
+    (["train", f"resume={R}", "eval_episodes=-3"], ["eval_episodes"]),
+    (["train", f"resume={R}", "algo.lr=nan"], ["algo.lr"]),
+    (["train", f"resume={R}", "algo.bandwidth=5"], ["algo.bandwidth"]),
+    (["train", f"resume={R}", "hardware.device=tpu"], ["hardware.device"]),
+    (["train", f"resume={R}", "seed=-1"], ["seed"]),
+    (["train", f"resume={R}", "+newkey=1"], ["newkey"]),
+    (["train", f"resume={R}", "algo=mfq"], ["algo=mfq", "resumed run keeps its algo"]),
+    (["train", f"resume={R}", "env=battle"], ["env=battle"]),
+    (["train", f"resume={R}", "hydra.run.dir=elsewhere"], ["hydra.run.dir", "stays in its folder"]),
+    (["train", f"resume={R}", "-m"], ["drop -m"]),
+    (["train", "resume="], ["needs a run folder"]),
+    (["train", "resume={root}/nowhere"], ["nowhere", "not a marlrun run folder"]),
+    (["train", "resume={root}/GARBAGE_CONFIG"], ["GARBAGE_CONFIG"]),
+    (["train", "resume={root}/LIST_CONFIG"], ["LIST_CONFIG"]),
+    (["train", "resume={root}/PICKLE_CONFIG"], ["env._target_", "numpy.load"]),
+    (["train", "resume={root}/OPEN_CONFIG"], ["algo._target_", "builtins.open"]),
+    (["train", "resume={root}/ALIEN_CHECKPOINT", "total_steps=400"], ["not a marlrun checkpoint", "env_steps"]),
+    (["train", "resume={root}/GARBAGE_METRICS", "total_steps=400"], ["metrics.jsonl", "line 2", "not a JSON record"]),
+    (["train", "resume={root}/STEPLESS_METRICS", "total_steps=400"], ["metrics.jsonl", "line 2", "step"]),
+    # --- eval
+    (["eval", R, "device=tpu"], ["device=tpu"]),
+    (["eval", R, "seed=-1"], ["seed=-1"]),
+    (["eval", R, "seed=99999999999999999999"], ["seed="]),
+    (["eval", R, "episodes=0"], ["episodes=0"]),
+    (["eval", R, "episodes=many"], ["episodes=many", "integer"]),
+    (["eval", R, "checkpoint=999"], ["checkpoint=999", "kept"]),
+    (["eval", R, "checkpoint={root}/nowhere.pt"], ["checkpoint=", "no such file"]),
+    (["eval", R, "video=/proc/x.gif"], ["cannot write /proc", "video="]),
+    (["eval", R, "video=film.avi"], ["video=film.avi", ".gif or .mp4"]),
+    (["eval", R, "render=maybe"], ["render=maybe", "true or false"]),
+    (["eval", R, "colour=red"], ["unknown eval option 'colour'"]),
+    (["eval"], ["one run folder"]),
+    (["eval", "{root}/nowhere"], ["nowhere", "not a marlrun run folder"]),
+    (["eval", "{root}/GARBAGE_CONFIG"], ["GARBAGE_CONFIG", "config.yaml cannot be read"]),
+    (["eval", "{root}/LIST_CONFIG"], ["LIST_CONFIG", "not a mapping"]),
+    (["eval", "{root}/PICKLE_CONFIG"], ["env._target_", "numpy.load"]),
+    (["eval", "{root}/OPEN_CONFIG"], ["algo._target_", "builtins.open"]),
+    (["eval", "{root}/ALIEN_CHECKPOINT"], ["not a marlrun checkpoint"]),
+    (["eval", "{root}/EVAL_IS_A_FILE"], ["cannot write", "EVAL_IS_A_FILE"]),
+    # --- the other commands
+    (["trian"], ["unknown command 'trian'"]),
+    (["report", "{root}/nowhere"], ["nowhere"]),
+]
+
+
+@pytest.mark.parametrize("args, needles", CASES, ids=[" ".join(a[:1] + [x for x in a[1:] if x not in TINY])[:80] for a, _ in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(workspace, capsys, monkeypatch, args, needles):
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("MARLRUN_TEST_UNSET_VARIABLE", raising=False)
+    before = snapshot(workspace)
+    code, out, err = call(capsys, *[a.replace("{root}", str(workspace)) for a in args])
+    assert code != 0
+    assert "Traceback" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("marlrun: error:"), err
+    for needle in needles:
+        assert needle.replace("{root}", str(workspace)) in lines[0], lines[0]
+    assert snapshot(workspace) == before  # nothing already on disk changed, and no run folder was left behind
+
+
