@@ -55,6 +55,8 @@ CASES = {  # name: (overrides, default env steps of training to measure (0: raw 
     "super_ddqn-pursuit": (["algo=super_ddqn", "env=pursuit"], 4000, 1000),
     "super_ddqn-pursuit-fp32": (["algo=super_ddqn", "env=pursuit", "hardware.precision=fp32"], 4000, 1000),
     "super_ddqn-pursuit-pettingzoo": (["algo=super_ddqn", "env=pursuit", "env.backend=pettingzoo"], 4000, 1000),
+    "qmix-pursuit": (["algo=qmix", "env=pursuit"], 4000, 1000),
+    "vdn-pursuit": (["algo=qmix", "algo.mixer=vdn", "env=pursuit"], 4000, 1000),
     "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000, 1000),
     "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000, 1000),
     "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000, 1000),

@@ -69,9 +69,6 @@ def _hydra_message(exc: BaseException) -> str:
     return text
 
 
-GROUPS = ("algo", "env", "hardware", "experiment")
-
-
 def hydra_quoted(value: str) -> str:
     """``value`` as a quoted Hydra override value: a path with spaces or other characters Hydra's lexer refuses."""
     return "'" + str(value).replace("'", "\\'") + "'"
@@ -96,7 +93,7 @@ def _resume_args(args: list[str]) -> list[str] | str:
     from marlrun.checkpoint import checkpoint_paths
     from marlrun.runfolder import in_use, lock
 
-    from marlrun.config import load_run_config
+    from marlrun.config import GROUPS, load_run_config
     from marlrun.errors import UserError
     from marlrun.metrics import read_metrics
 

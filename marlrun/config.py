@@ -276,6 +276,54 @@ class MADDPGConfig:
         _require(self.noise_std >= 0, "algo.noise_std", "must be >= 0")
 
 
+MIXERS = ("qmix", "vdn")
+
+
+@dataclass
+class QMIXConfig:
+    """QMIX (Rashid et al., 2018) and VDN (Sunehag et al., 2018). Defaults: the QMIX reference code (pymarl) where it
+    applies to feed-forward agents, SUPER-DDQN's pursuit network and replay size for comparability."""
+
+    _target_: str = "marlrun.algos.qmix.QMIX"
+    name: str = "qmix"
+    mixer: str = "qmix"  # qmix: monotonic mixing network from hypernetworks of the state | vdn: the sum of the agents' Qs
+    parameter_sharing: bool = True  # one agent network for all agents, with the agent's one-hot id as input (pymarl's default)
+    lr: float = 5e-4  # RMSprop learning rate (pymarl)
+    optim_alpha: float = 0.99  # RMSprop smoothing constant (pymarl)
+    optim_eps: float = 1e-5  # RMSprop epsilon (pymarl)
+    gamma: float = 0.99  # discount
+    batch_size: int = 32  # joint transitions per gradient step (pymarl: 32 episodes)
+    buffer_size: int = 120_000  # joint transitions in replay
+    learning_starts: int = 1_000  # env steps before the first update
+    update_interval: int = 4  # env steps (summed over copies) per gradient step, as SUPER-DDQN's one update per 4-step fragment
+    target_update_interval: int = 1_000  # env steps between target-network copies (agents and mixer)
+    max_grad_norm: float = 10.0  # gradient norm clip over agents and mixer together (pymarl)
+    epsilon_start: float = 1.0  # exploration: linear decay (pymarl: 1.0 -> 0.05 over 50k steps)
+    epsilon_end: float = 0.05
+    epsilon_decay_steps: int = 50_000
+    mixing_embed: int = 32  # QMIX mixing network width (pymarl)
+    hypernet_embed: int = 64  # hidden units of the hypernetworks (pymarl)
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # agent network: SUPER-DDQN's
+    conv_kernel: int = 2
+    hidden: int = 64
+    head_hidden: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.mixer in MIXERS, "algo.mixer", f"unknown mixer '{self.mixer}'; pick one of {', '.join(MIXERS)}")
+        for key in ("lr", "optim_eps", "max_grad_norm"):
+            _require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        _require(0.0 <= self.optim_alpha < 1.0, "algo.optim_alpha", "must be in [0, 1)")
+        _require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval", "target_update_interval", "epsilon_decay_steps",
+                    "mixing_embed", "hypernet_embed", "conv_kernel", "hidden", "head_hidden"):
+            _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        _require_batch_fits(self.batch_size, self.buffer_size)
+        for key in ("epsilon_start", "epsilon_end"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", "must be in [0, 1]")
+        _require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
+
+
 LEARNERS = ("mfq", "iql")
 CONTROLLERS = (*LEARNERS, "random")
 
@@ -361,11 +409,28 @@ class RunConfig:
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 
-ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig)
+ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig, QMIXConfig)
 ENV_SCHEMAS = (PursuitConfig, SimpleAdversaryConfig, IsingConfig, BattleConfig)
 
 
+GROUPS = ("algo", "env", "hardware", "experiment")
+
+
+def config_groups() -> str:
+    """``group: option, option...`` for every config group under conf/, for ``marlrun train --help`` (Hydra's own
+    list would show the schema/ groups too, which are not options)."""
+    from importlib.resources import files
+
+    root = files("marlrun.conf")
+    lines = []
+    for group in GROUPS:
+        options = sorted(p.name.removesuffix(".yaml") for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("marlrun_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="marlrun_schema", node=RunConfig)
     # Under schema/ so that they do not show up as options of the algo/env/hardware groups.

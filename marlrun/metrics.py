@@ -99,26 +99,33 @@ class MetricWriter:
                 tmp.unlink(missing_ok=True)
                 raise error from None
         self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=None if resume_step is None else resume_step + 1)
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "ab", buffering=0)  # every record goes straight to the file: nothing left in a buffer
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """One record, whole or not at all: a write that fails (a full disk) is cut back off the file. Non-finite
         values are written as they are (``NaN``, ``Infinity``, as Python's json reads them) in both files."""
-        for key, value in scalars.items():
-            self.tb.add_scalar(key, value, step)
-        line = json.dumps({"step": step, **scalars}) + "\n"
-        end = self.file.tell()
+        line = (json.dumps({"step": step, **scalars}) + "\n").encode()
+        end = os.fstat(self.file.fileno()).st_size  # (in append mode the file position says nothing until a write)
         try:
-            self.file.write(line)
-            self.file.flush()
+            written = 0
+            while written < len(line):  # an unbuffered write may take only part of it
+                written += self.file.write(line[written:])
         except OSError as exc:
             try:
                 self.file.truncate(end)
             except OSError:
                 pass
             raise write_failed(self.path, exc) from None
-        self.tb.flush()
+        try:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+        except OSError as exc:
+            raise write_failed(Path(self.tb.log_dir) / "events.out.tfevents", exc) from None
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        self.file.close()  # unbuffered: closing writes nothing
+        try:
+            self.tb.close()
+        except OSError:  # a full disk: what could be written was, and the error was reported when it happened
+            pass

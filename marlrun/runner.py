@@ -254,7 +254,8 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
             task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=env_steps, speed="-", ret="-")
             unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
             while env_steps < cfg.total_steps:
-                actions = algo.act(obs, env_steps, context=env.context())
+                context = env.context()
+                actions = algo.act(obs, env_steps, context=context)
                 env.step_async(actions)  # environment workers step while this process observes and learns
                 if unobserved:
                     tracker.add(algo.observe(*unobserved))
@@ -266,7 +267,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
                         algo.observe(*unobserved)
                     save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
                     raise UserError(f"{exc}; the learner was saved at env step {env_steps:,}: continue with marlrun train resume={quoted(run_dir)}") from None
-                unobserved = (obs, actions, step)
+                unobserved = (obs, actions, step, context)
                 obs = step.obs
                 env_steps += E
                 interval_steps += E

@@ -119,6 +119,28 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_disk, tmp_path)
     assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())
 
 
+def test_a_metrics_record_that_does_not_fit_is_cut_back_off(tiny_disk):
+    from marlrun.errors import UserError
+    from marlrun.metrics import MetricWriter
+
+    writer = MetricWriter(tiny_disk)
+    writer.write(100, {"train/loss": 1.0})
+    filler = tiny_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk
+        for chunk in (4096, 1):
+            try:
+                while f.write(b"x" * chunk):
+                    pass
+            except OSError:
+                pass
+    with pytest.raises(UserError, match="no space left on device"):
+        for step in range(200, 100_000, 100):  # until a record does not fit
+            writer.write(step, {f"train/key_{i}": float(i) for i in range(50)})
+    text = (tiny_disk / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(line)["step"] for line in text.splitlines()][0] == 100
+    filler.unlink()
+
+
 def test_stale_temp_files_go_and_a_record_cut_short_by_a_crash_does_not_stop_a_resume(tmp_path):
     run = finished_run(tmp_path / "run")
     with open(run / "metrics.jsonl", "a") as f:

@@ -89,6 +89,7 @@ def lockstep(kwargs, games, steps, seed, device="cpu"):
         logs[g].attach()
         native.set_state(env_ids=[g], **pettingzoo_state(pars[g]))
         np.testing.assert_array_equal(native.observe([g])[0].cpu().numpy(), stack(obs, names))
+        np.testing.assert_array_equal(native.global_state([g])[0].cpu().numpy(), pars[g].state())
 
     for g, p in enumerate(pars):
         inject(g, p.reset(seed=seed * 100 + g)[0])
@@ -103,7 +104,7 @@ def lockstep(kwargs, games, steps, seed, device="cpu"):
             moves[g] = logs[g].take(N, rng)
         obs, rew, term, trunc = native.step(torch.as_tensor(actions, device=device), torch.as_tensor(moves, device=device))
         assert obs.dtype == torch.float32 and rew.dtype == torch.float32
-        state = native.get_state()
+        state, global_state = native.get_state(), native.global_state()
         for g, (o, r, te, tr, _) in enumerate(lib):
             np.testing.assert_array_equal(obs[g].cpu().numpy(), stack(o, names), err_msg=f"obs, step {t}, game {g}")
             np.testing.assert_allclose(rew[g].cpu().numpy(), stack(r, names), rtol=1e-6, atol=0, err_msg=f"reward, step {t}")
@@ -115,6 +116,7 @@ def lockstep(kwargs, games, steps, seed, device="cpu"):
             act = ref["evader_active"]
             np.testing.assert_array_equal(state["evader_pos"][g].cpu().numpy()[act], ref["evader_pos"][act])
             assert int(state["frames"][g]) == ref["frames"]
+            np.testing.assert_array_equal(global_state[g].cpu().numpy(), pars[g].state(), err_msg=f"global state, step {t}, game {g}")
             events["steps"] += 1
             events["reward_nonzero"] += int(np.any(np.abs(stack(r, names) - kwargs["urgency_reward"]) > 1e-12))
             if all(te.values()) or all(tr.values()):
@@ -319,7 +321,9 @@ def test_vec_env_shapes_and_spec():
     for flag in (step.terminated, step.truncated, step.alive):
         assert flag.shape == (6, 4) and flag.dtype == torch.bool
     assert step.alive.all() and step.episode_end.shape == (6,) and step.episode_end.dtype == torch.bool
-    assert env.episode_metrics(step.next_obs) == {} and env.context() == {} and env.state_metrics() == {}
+    assert env.episode_metrics(step.next_obs) == {} and env.state_metrics() == {}
+    assert "state" in env.spec.capabilities and env.spec.state_shape == (env.sim.Y, env.sim.X, 3)
+    assert env.context()["state"].shape == step.next_state.shape == (6, *env.spec.state_shape)
     env.close()
     with pytest.raises(TypeError):
         make_pursuit_native(2, 0, seed=0, render_mode="human")

@@ -5,7 +5,8 @@ The runner owns the loop; an algorithm owns its learning:
 - ``act(obs, env_steps, greedy, context)``: actions [E, A] for observations [E, A, ...]; ``context`` is the
   environment's ``context()``: what some algorithms need beyond observations (neighbours and previous actions
   for mean fields), {} for most environments.
-- ``observe(obs, actions, step)``: the transitions of one vectorised env step.
+- ``observe(obs, actions, step, context)``: the transitions of one vectorised env step, with the ``context`` the
+  actions were chosen in (so an algorithm that learns from the global state gets the state of ``obs``).
 - ``update(env_steps)``: whatever gradient steps are due; returns scalars to log.
 - ``schedule(env_steps)``: the values of its schedules (epsilon...), logged at every log step.
 - ``state_dict()`` / ``load_state_dict()``: tensors and plain data only.
@@ -25,6 +26,8 @@ REQUIREMENT_HELP = {
     "homogeneous": ("agents with identical observation and action spaces", lambda spec: spec.homogeneous),
     "fixed_agents": ("agents that stay for the whole episode", lambda spec: not spec.agents_can_die),
     "neighbours": ("a neighbourhood structure (a lattice or positions)", lambda spec: "neighbours" in spec.capabilities),
+    "state": ("a global state", lambda spec: "state" in spec.capabilities),
+    "one_team": ("all agents on one team", lambda spec: len(spec.team_names) == 1),
 }
 
 
@@ -37,7 +40,7 @@ class Algorithm:
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> None:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> None:
         raise NotImplementedError
 
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:

@@ -163,7 +163,7 @@ class MADDPG(Algorithm):
                 out[:, group.agents] = action.transpose(0, 1)
         return out
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> dict[str, torch.Tensor]:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
         self.replay.add(obs=obs, action=self.to_vector(actions), reward=step.reward, next_obs=step.next_obs, terminated=step.terminated)
         return {}
 

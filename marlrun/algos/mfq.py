@@ -167,7 +167,7 @@ class MFQ(Algorithm):
         return self.choose(obs, mean_action, temperature, argmax)
 
     # ------------------------------------------------------------------ replay
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> dict[str, torch.Tensor]:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
         mean_action = self.acted.popleft()
         if self.pending is not None:
             self.store(*self.pending, next_mean_action=mean_action)

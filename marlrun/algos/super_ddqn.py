@@ -124,7 +124,7 @@ class SuperDDQN(Algorithm):
         return actions
 
     # ------------------------------------------------------------------ collecting and sharing
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep) -> dict[str, torch.Tensor]:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
         self.fragment.append((obs, actions, step.reward, step.next_obs, step.terminated, step.alive))
         if len(self.fragment) < self.rollout_fragment:
             return {}

@@ -25,6 +25,7 @@ class EnvSpec:
     agent_obs_sizes: tuple[int, ...] = ()  # flat observation size of each agent (its leading entries); () = all full
     action_bounds: tuple[float, float] = (0.0, 1.0)  # continuous actions: each component's range
     agents_can_die: bool = False  # agents may leave before their episode ends (``alive`` masks them)
+    state_shape: tuple[int, ...] = ()  # the global state's shape, where the environment has one (capability "state")
 
     @property
     def n_agents(self) -> int:
@@ -53,6 +54,7 @@ class VecStep(NamedTuple):
     alive: torch.Tensor  # bool: the agent acted in this step
     episode_end: torch.Tensor  # [E] bool: this copy's episode ended and it was reset
     episode_info: dict[str, torch.Tensor] = {}  # name -> [E]: game scores of the episodes that ended (read where episode_end)
+    next_state: torch.Tensor | None = None  # [E, *state_shape]: the true successor global state (capability "state")
 
 
 class VecEnv:
@@ -86,7 +88,9 @@ class VecEnv:
         return {}
 
     def context(self) -> dict:
-        """What an algorithm needs beyond observations to act on the current state (neighbours...). None by default."""
+        """What an algorithm needs beyond observations about the current state (neighbours; ``state``, the global
+        state [E, *state_shape], where the spec has the "state" capability). The runner hands the context an
+        algorithm acted in back to it with that step's transitions. None by default."""
         return {}
 
     def state_metrics(self) -> dict[str, float]:

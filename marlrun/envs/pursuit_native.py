@@ -42,6 +42,7 @@ picks the window's first cell or relaxes the spacing rule instead.
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import torch
 
@@ -264,6 +265,13 @@ class PursuitNative:
                     evader_active=self.active.clone(), frames=self.frames.clone())
 
     # ------------------------------------------------------------------ observation
+    def global_state(self, env_ids=None) -> torch.Tensor:
+        """The library's ``state()`` of games ``env_ids`` (all by default): [k, Y, X, 3] float32, the observation
+        channels (obstacle, pursuer count, evader count) over the whole map."""
+        grid = self.grid if env_ids is None else self.grid[self._ids(env_ids)]
+        p = self.pad
+        return grid.view(-1, self.Hp, self.Wp, 3)[:, p : p + self.Y, p : p + self.X].contiguous()
+
     def observe(self, env_ids=None) -> torch.Tensor:
         """Observations [k, P, R, R, 3] float32 of games ``env_ids`` (all by default)."""
         if env_ids is None:
@@ -391,7 +399,9 @@ class PursuitNativeVecEnv(VecEnv):
         if unknown:
             raise TypeError(f"unknown pursuit arguments: {sorted(unknown)}")
         self.kwargs = {**DEFAULTS, **kwargs}
-        self.spec: EnvSpec = pursuit_spec(self.kwargs["n_pursuers"], self.kwargs["obs_range"], name)
+        spec = pursuit_spec(self.kwargs["n_pursuers"], self.kwargs["obs_range"], name)
+        self.spec: EnvSpec = dataclasses.replace(spec, capabilities=spec.capabilities | {"state"},
+                                                 state_shape=(self.kwargs["y_size"], self.kwargs["x_size"], 3))
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
         self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **self.kwargs)
@@ -413,6 +423,7 @@ class PursuitNativeVecEnv(VecEnv):
             raise RuntimeError("step_wait without step_async")
         actions, self._actions = self._actions, None
         next_obs, reward, terminated, truncated = self.sim.step(actions)
+        next_state = self.sim.global_state()  # before the ended games reset
         done = terminated[:, 0] | truncated[:, 0]
         obs = next_obs  # the same tensor where no copy ended (neither is ever written to after it is returned)
         ended = done.nonzero().squeeze(1)
@@ -428,7 +439,11 @@ class PursuitNativeVecEnv(VecEnv):
             alive=torch.ones(self.num_envs, self.n_agents, dtype=torch.bool, device=self.device),
             episode_end=done,
             episode_info=self.episode_metrics(next_obs) if ended.numel() else {},
+            next_state=next_state,
         )
+
+    def context(self) -> dict:
+        return {"state": self.sim.global_state()}
 
     def close(self) -> None:
         self._closed = True

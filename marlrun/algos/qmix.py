@@ -1,0 +1,207 @@
+"""QMIX and VDN: a team's Q as a mix of its agents' Qs, trained end to end on the team reward.
+
+Rashid, Samvelyan, de Witt, Farquhar, Foerster, Whiteson. "QMIX: Monotonic Value Function Factorisation for Deep
+Multi-Agent Reinforcement Learning", ICML 2018. Sunehag et al. "Value-Decomposition Networks For Cooperative
+Multi-Agent Learning", AAMAS 2018. Per env step:
+
+1. every agent acts epsilon-greedily on its own Q_a(o_a, .) (decentralised execution);
+2. the joint transition (o, u, r_tot = sum of the agents' rewards, o', s, s', terminal) goes into one replay;
+3. every ``update_interval`` env steps, on a minibatch of joint transitions:
+       Q_tot(s, u)  = mix(Q_1(o_1, u_1), ..., Q_A(o_A, u_A); s)
+       y            = r_tot + gamma * (1 - terminal) * mix'(Q'_1(o'_1, u*_1), ...; s'),  u*_a = argmax_u Q_a(o'_a, u)
+       loss         = mean (y - Q_tot)^2
+   with target networks (agents and mixer, ') copied every ``target_update_interval`` env steps (double Q: the
+   online agents choose u*, the target agents and mixer evaluate it).
+
+The QMIX mixer is monotonic in every Q_a: its weights are the absolute values of hypernetworks of the state. VDN's is
+the sum. Agents are feed-forward: the same convolutional dueling network as SUPER-DDQN (one weight set per agent, or
+one shared set with the agent's one-hot id as extra input planes); the QMIX paper's agents are recurrent (a GRU over
+the episode), which this transition replay does not carry.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from marlrun.algos.base import Algorithm
+from marlrun.envs.base import EnvSpec, VecStep
+from marlrun.hardware import autocast
+from marlrun.nn import DuelingQNetwork
+from marlrun.replay import RingReplay
+
+MIXERS = ("qmix", "vdn")
+
+
+class QMixer(nn.Module):
+    """Q_tot = w2(s) . elu(W1(s) q + b1(s)) + V(s), with W1 = |hyper_w1(s)|, w2 = |hyper_w2(s)| >= 0."""
+
+    def __init__(self, n_agents: int, state_size: int, embed: int, hypernet_embed: int):
+        super().__init__()
+        self.n_agents, self.embed = n_agents, embed
+        self.hyper_w1 = nn.Sequential(nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, n_agents * embed))
+        self.hyper_b1 = nn.Linear(state_size, embed)
+        self.hyper_w2 = nn.Sequential(nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed))
+        self.value = nn.Sequential(nn.Linear(state_size, embed), nn.ReLU(), nn.Linear(embed, 1))
+
+    def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """q [B, A], state [B, S] -> Q_tot [B]."""
+        w1 = self.hyper_w1(state).abs().view(-1, self.n_agents, self.embed)
+        hidden = F.elu(torch.bmm(q.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(state))  # [B, embed]
+        w2 = self.hyper_w2(state).abs()
+        return (hidden * w2).sum(-1) + self.value(state).squeeze(-1)
+
+
+class VDNMixer(nn.Module):
+    """Q_tot = sum_a Q_a."""
+
+    def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return q.sum(-1)
+
+
+class QMIX(Algorithm):
+    name = "qmix"
+    requires = frozenset({"discrete_actions", "homogeneous", "fixed_agents", "one_team", "state"})
+    suggestion = ("On pursuit use env.backend=native, which gives the global state; for several teams or other "
+                  "environments use algo=super_ddqn (independent DDQN with algo.sharing=none) or algo=maddpg.")
+
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "qmix",
+                 mixer: str, parameter_sharing: bool, lr: float, optim_alpha: float, optim_eps: float, gamma: float,
+                 batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, target_update_interval: int,
+                 max_grad_norm: float, epsilon_start: float, epsilon_end: float, epsilon_decay_steps: int,
+                 mixing_embed: int, hypernet_embed: int, conv_channels: list[int], conv_kernel: int, hidden: int, head_hidden: int):
+        self.spec, self.num_envs, self.device = spec, num_envs, device
+        self.n_agents = A = spec.n_agents
+        self.gamma, self.batch_size, self.learning_starts = gamma, batch_size, learning_starts
+        self.update_interval, self.target_update_interval, self.max_grad_norm = update_interval, target_update_interval, max_grad_norm
+        self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.autocast = lambda: autocast(device, precision)
+
+        # agents: one weight set each, or one shared set that sees the agent's id as A extra input planes
+        self.parameter_sharing = parameter_sharing
+        h, w, c = spec.obs_shape
+        in_shape = (h, w, c + A) if parameter_sharing else spec.obs_shape
+        net_args = (1 if parameter_sharing else A, in_shape, spec.n_actions, list(conv_channels), conv_kernel, hidden, head_hidden)
+        self.agents = DuelingQNetwork(*net_args).to(device)
+        self.target_agents = DuelingQNetwork(*net_args).to(device)
+        state_size = int(torch.tensor(spec.state_shape).prod())
+        self.mixer = (QMixer(A, state_size, mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()).to(device)
+        self.target_mixer = (QMixer(A, state_size, mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()).to(device)
+        self.sync_targets()
+        self.target_agents.requires_grad_(False)
+        self.target_mixer.requires_grad_(False)
+        self.params = [*self.agents.parameters(), *self.mixer.parameters()]
+        self.optimizer = torch.optim.RMSprop(self.params, lr=lr, alpha=optim_alpha, eps=optim_eps)
+        self.agent_id = torch.eye(A, device=device)  # [A, A]: agent a's id planes
+
+        obs_dtype = spec.obs_storage_dtype
+        self.replay = RingReplay(buffer_size, {
+            "obs": ((A, *spec.obs_shape), obs_dtype), "action": ((A,), torch.long), "reward": ((), torch.float32),
+            "next_obs": ((A, *spec.obs_shape), obs_dtype), "terminated": ((), torch.float32),
+            "state": (spec.state_shape, obs_dtype), "next_state": (spec.state_shape, obs_dtype),
+        }, device, self.generator, as_float=("obs", "next_obs", "state", "next_state"))
+        self.pending_updates = 0.0
+        self.gradient_steps = 0
+        self.last_target_update = 0
+
+    # ------------------------------------------------------------------ networks
+    def agent_q(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
+        """obs [B, A, H, W, C] -> every agent's Q values [B, A, n_actions] (fp32)."""
+        B, A = obs.shape[:2]
+        if self.parameter_sharing:
+            ids = self.agent_id.view(1, A, 1, 1, A).expand(B, A, *obs.shape[2:4], A)
+            q = net(torch.cat([obs, ids], -1).reshape(1, B * A, *obs.shape[2:4], -1))
+            return q.view(B, A, -1)
+        return net(obs.transpose(0, 1)).transpose(0, 1)
+
+    def sync_targets(self) -> None:
+        self.target_agents.load_state_dict(self.agents.state_dict())
+        self.target_mixer.load_state_dict(self.mixer.state_dict())
+
+    def epsilon(self, env_steps: int) -> float:
+        frac = min(1.0, env_steps / self.epsilon_decay_steps)
+        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+
+    def schedule(self, env_steps: int) -> dict[str, float]:
+        return {"train/epsilon": self.epsilon(env_steps)}
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
+        actions = self.agent_q(self.agents, obs).argmax(-1)  # [E, A]
+        if not greedy:
+            explore = torch.rand(actions.shape, generator=self.generator, device=self.device) < self.epsilon(env_steps)
+            random_actions = torch.randint(0, self.spec.n_actions, actions.shape, generator=self.generator, device=self.device)
+            actions = torch.where(explore, random_actions, actions)
+        return actions
+
+    # ------------------------------------------------------------------ collecting
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
+        self.replay.add(obs=obs, action=actions, reward=step.reward.sum(-1), next_obs=step.next_obs,
+                        terminated=step.terminated.all(-1).float(), state=context["state"], next_state=step.next_state)
+        self.pending_updates += self.num_envs / self.update_interval
+        return {}
+
+    # ------------------------------------------------------------------ learning
+    def update(self, env_steps: int) -> dict[str, torch.Tensor]:
+        if env_steps < self.learning_starts or self.replay.size == 0:
+            self.pending_updates = 0.0
+            return {}
+        metrics: dict[str, torch.Tensor] = {}
+        while self.pending_updates >= 1.0:
+            metrics = self.gradient_step()
+            self.pending_updates -= 1.0
+        if env_steps - self.last_target_update >= self.target_update_interval:
+            self.sync_targets()
+            self.last_target_update = env_steps
+        return metrics
+
+    def td_error(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y - Q_tot(s, u) [B] in fp32, y from the target agents and mixer at the online agents' greedy actions."""
+        state, next_state = batch["state"].flatten(1), batch["next_state"].flatten(1)
+        with self.autocast():
+            q_taken = self.agent_q(self.agents, batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, A]
+            q_tot = self.mixer(q_taken.float(), state).float()
+            with torch.no_grad():
+                best = self.agent_q(self.agents, batch["next_obs"]).argmax(-1, keepdim=True)
+                next_q = self.agent_q(self.target_agents, batch["next_obs"]).gather(-1, best).squeeze(-1)
+                next_q_tot = self.target_mixer(next_q.float(), next_state).float()
+        target = batch["reward"] + self.gamma * (1.0 - batch["terminated"]) * next_q_tot
+        return target - q_tot
+
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        td = self.td_error(self.replay.sample(self.batch_size))
+        loss = td.pow(2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        return {"train/loss": loss.detach(), "train/td_error": td.detach().abs().mean(), "train/grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, include_replay: bool = True) -> dict:
+        state = {
+            "agents": self.agents.state_dict(), "target_agents": self.target_agents.state_dict(),
+            "mixer": self.mixer.state_dict(), "target_mixer": self.target_mixer.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps, "last_target_update": self.last_target_update,
+        }
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agents.load_state_dict(state["agents"])
+        self.target_agents.load_state_dict(state["target_agents"])
+        self.mixer.load_state_dict(state["mixer"])
+        self.target_mixer.load_state_dict(state["target_mixer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.pending_updates = state["pending_updates"]
+        self.gradient_steps = state["gradient_steps"]
+        self.last_target_update = state["last_target_update"]
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
