@@ -323,6 +323,9 @@ def test_vec_env_shapes_and_spec():
     assert step.alive.all() and step.episode_end.shape == (6,) and step.episode_end.dtype == torch.bool
     assert env.episode_metrics(step.next_obs) == {} and env.state_metrics() == {}
     assert "state" in env.spec.capabilities and env.spec.state_shape == (env.sim.Y, env.sim.X, 3)
+    assert env.context() == {} and step.next_state is None  # the state only for an algorithm that asks for it
+    env.provide_state = True
+    step = env.step(torch.zeros(6, 4, dtype=torch.long))
     assert env.context()["state"].shape == step.next_state.shape == (6, *env.spec.state_shape)
     env.close()
     with pytest.raises(TypeError):

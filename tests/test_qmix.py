@@ -19,6 +19,7 @@ QMIX_SMALL = [*SMALL_PURSUIT, "algo=qmix", "algo.buffer_size=5000", "algo.learni
 def build(compose_cfg, *overrides, num_envs=2):
     cfg = compose_cfg([*QMIX_SMALL, *overrides])
     env = make_env(cfg, num_envs, 0, torch.device("cpu"))
+    env.provide_state = True  # as the runner sets it for QMIX
     algo = QMIX(env.spec, num_envs, torch.device("cpu"), 0, **{k: v for k, v in cfg.algo.items() if k != "_target_"})
     return cfg, env, algo
 

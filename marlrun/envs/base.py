@@ -69,6 +69,7 @@ class VecEnv:
     n_agents: int
     device: torch.device
     worker_processes: int = 0  # processes stepping the copies (0: this one), so torch knows the cores left to it
+    provide_state: bool = False  # set by the runner for an algorithm that learns from the global state: context()["state"], VecStep.next_state
 
     def reset(self) -> torch.Tensor:
         raise NotImplementedError

@@ -423,7 +423,7 @@ class PursuitNativeVecEnv(VecEnv):
             raise RuntimeError("step_wait without step_async")
         actions, self._actions = self._actions, None
         next_obs, reward, terminated, truncated = self.sim.step(actions)
-        next_state = self.sim.global_state()  # before the ended games reset
+        next_state = self.sim.global_state() if self.provide_state else None  # before the ended games reset
         done = terminated[:, 0] | truncated[:, 0]
         obs = next_obs  # the same tensor where no copy ended (neither is ever written to after it is returned)
         ended = done.nonzero().squeeze(1)
@@ -443,7 +443,7 @@ class PursuitNativeVecEnv(VecEnv):
         )
 
     def context(self) -> dict:
-        return {"state": self.sim.global_state()}
+        return {"state": self.sim.global_state()} if self.provide_state else {}
 
     def close(self) -> None:
         self._closed = True
