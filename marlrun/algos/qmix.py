@@ -21,6 +21,8 @@ the episode), which this transition replay does not carry.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -86,9 +88,8 @@ class QMIX(Algorithm):
         net_args = (1 if parameter_sharing else A, in_shape, spec.n_actions, list(conv_channels), conv_kernel, hidden, head_hidden)
         self.agents = DuelingQNetwork(*net_args).to(device)
         self.target_agents = DuelingQNetwork(*net_args).to(device)
-        state_size = int(torch.tensor(spec.state_shape).prod())
-        self.mixer = (QMixer(A, state_size, mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()).to(device)
-        self.target_mixer = (QMixer(A, state_size, mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()).to(device)
+        make_mixer = lambda: QMixer(A, math.prod(spec.state_shape), mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()  # noqa: E731
+        self.mixer, self.target_mixer = make_mixer().to(device), make_mixer().to(device)
         self.sync_targets()
         self.target_agents.requires_grad_(False)
         self.target_mixer.requires_grad_(False)
