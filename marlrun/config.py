@@ -324,6 +324,62 @@ class QMIXConfig:
         _require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
 
 
+PPO_CRITICS = ("local", "central")
+
+
+@dataclass
+class PPOConfig:
+    """IPPO (critic: local) and MAPPO (critic: central). Defaults: the MAPPO paper's (Yu et al. 2022) where they do not
+    depend on the environment family (clip 0.2, GAE lambda 0.95, entropy 0.01, value loss coefficient 1 with Huber
+    delta 10 and value normalisation, Adam eps 1e-5, gradient clip 10, two ReLU layers of 64, parameter sharing)."""
+
+    _target_: str = "marlrun.algos.ppo.PPO"
+    name: str = "ippo"
+    critic: str = "local"  # local: V(o_i) (IPPO) | central: V(state, o_i) (MAPPO; the concatenated observations without a state)
+    random_teams: list[str] = field(default_factory=list)  # teams played by a uniformly random policy (they do not learn)
+    parameter_sharing: bool = True  # one actor and one critic per team, with one-hot agent ids (false: a weight set per agent)
+    lr: float = 5e-4  # actor Adam learning rate
+    critic_lr: float = 5e-4  # critic Adam learning rate
+    adam_eps: float = 1e-5
+    lr_anneal: bool = False  # anneal both learning rates linearly to 0 over anneal_steps
+    anneal_steps: int = 200_000  # env steps of the anneal (the presets set it to total_steps)
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    rollout_steps: int = 128  # steps of every env copy per update
+    epochs: int = 5  # passes over each rollout
+    minibatches: int = 2  # minibatches per pass
+    clip: float = 0.2  # PPO ratio clip (and value clip)
+    value_clip: bool = True  # clip the value update around the rollout's values
+    value_coef: float = 1.0
+    value_huber_delta: float = 10.0
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 10.0  # actor and critic clipped separately, per weight set
+    value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm)
+    log_std_init: float = -0.5  # continuous actions: initial log std of the Gaussian (before tanh)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    greedy_eval: bool = True  # evaluation: the most likely action (true) or a sample of the policy (false)
+
+    def __post_init__(self) -> None:
+        _require(self.critic in PPO_CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(PPO_CRITICS)}")
+        for key in ("lr", "critic_lr", "adam_eps", "max_grad_norm", "clip", "value_huber_delta"):
+            _require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        for key in ("gamma", "gae_lambda"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+        for key in ("value_coef", "entropy_coef"):
+            _require(getattr(self, key) >= 0, f"algo.{key}", f"must be >= 0, got {getattr(self, key)}")
+        for key in ("anneal_steps", "rollout_steps", "epochs", "minibatches"):
+            _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
+
+
+@dataclass
+class MAPPOConfig(PPOConfig):
+    """MAPPO: PPO with a centralised critic."""
+
+    name: str = "mappo"
+    critic: str = "central"
+
+
 LEARNERS = ("mfq", "iql")
 CONTROLLERS = (*LEARNERS, "random")
 
@@ -409,7 +465,7 @@ class RunConfig:
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 
-ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig, QMIXConfig)
+ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig, QMIXConfig, PPOConfig, MAPPOConfig)
 ENV_SCHEMAS = (PursuitConfig, SimpleAdversaryConfig, IsingConfig, BattleConfig)
 
 

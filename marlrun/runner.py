@@ -179,7 +179,6 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     with out_of_memory_is_a_user_error(cfg):
         env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
     torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
-    env.provide_state = "state" in algo_cls.requires  # a copy of the whole map every step: only for those who learn from it
     eval_env = None
     writer = None
     try:
@@ -187,6 +186,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         with out_of_memory_is_a_user_error(cfg):
             algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
                                                                               precision=precision)
+        env.provide_state = algo.uses_state  # a copy of the whole map every step: only for those who learn from it
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
 

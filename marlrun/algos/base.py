@@ -37,6 +37,11 @@ class Algorithm:
     suggestion: ClassVar[str] = ""  # what to pick instead when an environment does not fit
     gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
 
+    @property
+    def uses_state(self) -> bool:
+        """Whether it learns from the environment's global state (the runner then has the environment provide it)."""
+        return "state" in self.requires
+
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -33,6 +33,7 @@ def battle_spec(map_size: int, name: str = "battle", extra_features: bool = Fals
     env = battle_v4.parallel_env(map_size=map_size, minimap_mode=minimap_mode, extra_features=extra_features)
     agents = tuple(env.possible_agents)
     obs_shape = env.observation_space(agents[0]).shape
+    state_shape = env.state_space.shape  # the library's state(): walls, each team's presence and hit points (and features)
     env.close()
     return EnvSpec(
         name=name,
@@ -41,7 +42,8 @@ def battle_spec(map_size: int, name: str = "battle", extra_features: bool = Fals
         n_actions=21,  # 13 moves and 8 attacks
         teams=tuple(a.split("_")[0] for a in agents),
         agents_can_die=True,
-        capabilities=frozenset({"neighbours"}),
+        capabilities=frozenset({"neighbours", "state"}),
+        state_shape=tuple(state_shape),
     )
 
 
@@ -132,6 +134,7 @@ class BattleVecEnv(VecEnv):
                 terminated[e] |= acted[e] & ~truncated[e] & (min(survivors) == 0)
                 kills[e] = [A // 2 - survivors[1], A // 2 - survivors[0]]  # red kills = blue dead
         self.prev_actions = torch.as_tensor(np.where(self.alive, actions, -1), device=self.device)
+        next_state = self.global_state() if self.provide_state else None  # before the ended rounds reset
         obs = next_obs.copy()
         obs[~self.alive] = 0.0
         for e in np.flatnonzero(ended):
@@ -156,7 +159,12 @@ class BattleVecEnv(VecEnv):
             alive=torch.as_tensor(acted, device=dev),
             episode_end=torch.as_tensor(ended, device=dev),
             episode_info=info,
+            next_state=next_state,
         )
+
+    def global_state(self) -> torch.Tensor:
+        """[E, map, map, 5]: every copy's ``state()`` (the whole map as the library renders it for a critic)."""
+        return torch.as_tensor(np.stack([env.state() for env in self.envs]), device=self.device)
 
 
     # ------------------------------------------------------------------ what mean-field algorithms read
@@ -164,7 +172,10 @@ class BattleVecEnv(VecEnv):
         alive = torch.as_tensor(self.alive, device=self.device)
         positions = torch.as_tensor(self.positions, device=self.device)
         mask = neighbour_mask(positions, alive, self.team_of, self.view_radius)
-        return {"neighbours": MaskNeighbours(mask), "prev_actions": self.prev_actions.masked_fill(~alive, -1), "alive": alive}
+        context = {"neighbours": MaskNeighbours(mask), "prev_actions": self.prev_actions.masked_fill(~alive, -1), "alive": alive}
+        if self.provide_state:
+            context["state"] = self.global_state()
+        return context
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,443 @@
+"""PPO for many agents: IPPO and MAPPO.
+
+Schulman et al. 2017 (PPO); de Witt et al. 2020 (IPPO: every agent's critic sees its own observation); Yu et al.,
+"The Surprising Effectiveness of PPO in Cooperative Multi-Agent Games", NeurIPS 2022 (MAPPO: a centralised critic
+over the global state). Each learning team has its own actor and critic (parameter-shared with a one-hot agent id
+by default, or a weight set per agent). Every ``rollout_steps`` steps of the vectorised environments:
+
+1. V(s_t) and V(s'_t) from the critic, s'_t the true successor (the final observation where an episode was cut);
+2. delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t)
+   A_t     = delta_t + gamma lambda (1 - end_t) A_{t+1}            GAE; end_t: the episode ended for the agent
+   R_t     = A_t + V(s_t)                                          value targets
+3. ``epochs`` passes over the rollout in ``minibatches`` minibatches, minimising
+   L = -min(rho A, clip(rho, 1 - eps, 1 + eps) A) + c_v max(l(V - R), l(V_clip - R)) - c_e H[pi]
+   with rho = pi(a|o) / pi_old(a|o), A normalised over the rollout, l the Huber loss, V and R in the units of a
+   running normaliser of the value targets, and V_clip = V_old + clip(V - V_old, -eps, eps).
+
+Samples of dead agents (``alive`` false) have A = 0 and no weight in any loss. Discrete actions: a categorical
+policy over the actor's logits. Continuous actions: a Gaussian with state-independent log std, squashed by tanh
+into the action bounds; its log-probability includes the squashing's Jacobian, and the entropy bonus is the
+unsquashed Gaussian's. Teams in ``random_teams`` play uniformly random actions and do not learn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from marlrun.algos.base import Algorithm
+from marlrun.envs.base import EnvSpec, VecStep
+from marlrun.errors import UserError
+from marlrun.hardware import autocast
+from marlrun.nn import SetLinear, SetMLP, clip_grad_norm_per_set
+
+CRITICS = ("local", "central")
+
+
+# ---------------------------------------------------------------------------- the pieces
+def gae(reward, value, next_value, terminated, ended, alive, gamma: float, lam: float) -> torch.Tensor:
+    """Generalised advantage estimates, [T, ...] inputs (float; ``ended`` and ``alive`` bool).
+
+    ``next_value`` is V of each step's true successor, so a truncated episode bootstraps from its final observation
+    and only ``terminated`` stops the bootstrap; ``ended`` (terminated or truncated) stops the sum. Steps in which
+    an agent did not act get A = 0."""
+    delta = (reward + gamma * (1.0 - terminated.float()) * next_value - value) * alive
+    carry = (gamma * lam) * (~ended).float()
+    advantage = torch.zeros_like(delta)
+    running = torch.zeros_like(delta[0])
+    for t in range(delta.shape[0] - 1, -1, -1):
+        running = delta[t] + carry[t] * running
+        advantage[t] = running
+    return advantage * alive
+
+
+def clipped_surrogate(logp: torch.Tensor, logp_old: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:
+    """-min(rho A, clip(rho, 1 - clip, 1 + clip) A) per sample, rho = exp(logp - logp_old)."""
+    ratio = torch.exp(logp - logp_old)
+    return -torch.min(ratio * advantage, ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
+
+
+def squash(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """An unbounded Gaussian sample u -> an action in [low, high]: low + (high - low) (tanh(u) + 1) / 2."""
+    return low + (high - low) * 0.5 * (torch.tanh(u) + 1.0)
+
+
+def squashed_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """log density of the action squash(u) when u ~ N(mean, exp(log_std)^2), summed over the last dim.
+
+    log p(a) = log N(u) - log |da/du|, da/du = (high - low) / 2 (1 - tanh(u)^2), with
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) (stable for large |u|)."""
+    gaussian = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    log_jacobian = math.log((high - low) / 2) + 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return (gaussian - log_jacobian).sum(-1)
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of value targets (MAPPO's ValueNorm: debiased exponential averages)."""
+
+    def __init__(self, beta: float = 0.99999, eps: float = 1e-5):
+        super().__init__()
+        self.beta, self.eps = beta, eps
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_sq", torch.zeros(()))
+        self.register_buffer("debias", torch.zeros(()))
+
+    def update(self, x: torch.Tensor) -> None:
+        self.mean.mul_(self.beta).add_((1 - self.beta) * x.mean())
+        self.mean_sq.mul_(self.beta).add_((1 - self.beta) * (x * x).mean())
+        self.debias.mul_(self.beta).add_(1 - self.beta)
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean / self.debias.clamp(min=self.eps)
+        var = (self.mean_sq / self.debias.clamp(min=self.eps) - mean**2).clamp(min=1e-2)
+        return mean, var.sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.stats()
+        return (x - mean) / std
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        mean, std = self.stats()
+        return y * std + mean
+
+
+class NoValueNorm(nn.Module):
+    """Value targets as they are (``value_norm: false``)."""
+
+    def update(self, x: torch.Tensor) -> None:
+        pass
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class Critic(nn.Module):
+    """V per weight set from the agent's own input and, for a centralised critic, a shared input (the state).
+
+    The shared input enters through its own first-layer weights, applied once per state row and gathered to the
+    agents' samples (``rows``), so the state is never copied once per agent."""
+
+    def __init__(self, n_sets: int, own_features: int, state_features: int, hidden: list[int]):
+        super().__init__()
+        self.own = SetLinear(n_sets, own_features, hidden[0])
+        self.state = nn.Parameter(torch.empty(n_sets, state_features, hidden[0])) if state_features else None
+        if self.state is not None:
+            nn.init.uniform_(self.state, -1 / math.sqrt(state_features), 1 / math.sqrt(state_features))
+        self.rest = SetMLP(n_sets, hidden[0], hidden[1:], 1)
+
+    def forward(self, own: torch.Tensor, state: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """own [S, N, F], state [R, F_s], rows [N] (the state row of each sample) -> V [S, N] in float32."""
+        h = self.own(own)
+        if self.state is not None:
+            S, Fs, H = self.state.shape
+            embedded = (state.to(h.dtype) @ self.state.to(h.dtype).permute(1, 0, 2).reshape(Fs, S * H)).view(-1, S, H).transpose(0, 1)
+            h = h + embedded[:, rows]
+        return self.rest(h.relu()).squeeze(-1).float()
+
+
+def orthogonal_init(module: nn.Module, gain: float, last_gain: float) -> None:
+    """Orthogonal weights per set (``gain``; the last layer ``last_gain``) and zero biases, as PPO implementations do."""
+    linears = [m for m in module.modules() if isinstance(m, SetLinear)]
+    for i, layer in enumerate(linears):
+        for w in layer.weight.data:  # [in, out] per set
+            nn.init.orthogonal_(w, gain=last_gain if i == len(linears) - 1 else gain)
+        layer.bias.data.zero_()
+
+
+@dataclass
+class Team:
+    name: str
+    agents: torch.Tensor  # [n] columns of the env's [E, A] tensors
+    obs_size: int  # real entries of each member's flat observation
+    learns: bool
+    shared: bool = True  # one weight set for the team (agents folded into the batch, with one-hot ids)
+
+    @property
+    def n(self) -> int:
+        return len(self.agents)
+
+    @property
+    def n_sets(self) -> int:
+        return 1 if self.shared else self.n
+
+    def to_sets(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n, ...] -> [S, N, ...]: the samples of each weight set (shared: N = B * n; else N = B per agent)."""
+        return x.reshape(1, -1, *x.shape[2:]) if self.shared else x.transpose(0, 1)
+
+    def from_sets(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        """[S, N, ...] -> [B, n, ...]."""
+        return y.reshape(batch, self.n, *y.shape[2:]) if self.shared else y.transpose(0, 1)
+
+    def state_rows(self, batch: int, device: torch.device) -> torch.Tensor:
+        """[N]: the row of [B] shared inputs (states) each of a set's N samples belongs to."""
+        rows = torch.arange(batch, device=device)
+        return rows.repeat_interleave(self.n) if self.shared else rows
+
+
+# ---------------------------------------------------------------------------- the algorithm
+class PPO(Algorithm):
+    name = "ppo"
+    suggestion = ""
+
+    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "ippo",
+                 critic: str, random_teams: list[str], parameter_sharing: bool, lr: float, critic_lr: float, adam_eps: float,
+                 lr_anneal: bool, anneal_steps: int, gamma: float, gae_lambda: float, rollout_steps: int, epochs: int,
+                 minibatches: int, clip: float, value_clip: bool, value_coef: float, value_huber_delta: float,
+                 entropy_coef: float, max_grad_norm: float, value_norm: bool, log_std_init: float, hidden: list[int],
+                 greedy_eval: bool):
+        self.spec, self.num_envs, self.device = spec, num_envs, device
+        self.central = critic == "central"
+        self.discrete = spec.discrete_actions
+        self.K = spec.n_actions
+        self.low, self.high = spec.action_bounds
+        self.lr, self.critic_lr, self.lr_anneal, self.anneal_steps = lr, critic_lr, lr_anneal, anneal_steps
+        self.gamma, self.gae_lambda, self.rollout_steps, self.epochs, self.minibatches = gamma, gae_lambda, rollout_steps, epochs, minibatches
+        self.clip, self.value_clip, self.value_coef, self.value_huber_delta = clip, value_clip, value_coef, value_huber_delta
+        self.entropy_coef, self.max_grad_norm, self.greedy_eval = entropy_coef, max_grad_norm, greedy_eval
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.autocast = lambda: autocast(device, precision)
+        self.use_state = self.central and "state" in spec.capabilities
+
+        unknown = sorted(set(random_teams) - set(spec.team_names))
+        if unknown:
+            raise UserError(f"algo.random_teams: env={spec.name} has no team {', '.join(map(repr, unknown))}; its teams are {', '.join(spec.team_names)}")
+        self.teams: list[Team] = []
+        for team_name in spec.team_names:
+            members = spec.team_members(team_name)
+            sizes = {spec.obs_size(a) for a in members}
+            if len(sizes) > 1:
+                raise UserError(f"algo={name}: team '{team_name}' of env={spec.name} mixes observation sizes {sorted(sizes)}; a team's agents share a policy shape")
+            self.teams.append(Team(team_name, torch.tensor(members, device=device), sizes.pop(), team_name not in random_teams, parameter_sharing))
+        self.learners = [t for t in self.teams if t.learns]
+        if not self.learners:
+            raise UserError(f"algo.random_teams: every team of env={spec.name} is random; leave at least one to learn")
+
+        width = math.prod(spec.obs_shape)
+        self.joint_index = torch.cat([a * width + torch.arange(spec.obs_size(a)) for a in range(spec.n_agents)]).to(device)
+        state_features = 0
+        if self.central:
+            state_features = math.prod(spec.state_shape) if self.use_state else len(self.joint_index)
+        self.actors, self.critics, self.log_stds, self.value_norms = nn.ModuleList(), nn.ModuleList(), nn.ParameterList(), nn.ModuleList()
+        for team in self.learners:
+            own = team.obs_size + (team.n if team.shared and team.n > 1 else 0)
+            actor = SetMLP(team.n_sets, own, list(hidden), self.K)
+            critic_net = Critic(team.n_sets, own, state_features, list(hidden))
+            orthogonal_init(actor, math.sqrt(2), 0.01)
+            orthogonal_init(critic_net, math.sqrt(2), 1.0)
+            self.actors.append(actor)
+            self.critics.append(critic_net)
+            self.log_stds.append(nn.Parameter(torch.full((team.n_sets, 1, self.K), float(log_std_init))))
+            self.value_norms.append(ValueNorm() if value_norm else NoValueNorm())
+        self.nets = nn.ModuleDict({"actors": self.actors, "critics": self.critics, "log_stds": self.log_stds, "value_norms": self.value_norms}).to(device)
+        actor_params = list(self.actors.parameters()) + (list(self.log_stds.parameters()) if not self.discrete else [])
+        self.optimizer = torch.optim.Adam([{"params": actor_params, "lr": lr}, {"params": list(self.critics.parameters()), "lr": critic_lr}],
+                                          eps=adam_eps, fused=True)
+
+        self.acted: deque = deque()  # what act() sampled (raw actions, log-probs), until observe() gets the step
+        self.rollout: list[dict] = []
+        self.gradient_steps = 0
+        self.updates = 0
+
+    @property
+    def uses_state(self) -> bool:
+        return self.use_state  # the runner has the environment provide its state only then
+
+    # ------------------------------------------------------------------ inputs
+    def own_input(self, team: Team, obs: torch.Tensor) -> torch.Tensor:
+        """[B, A, ...] -> [B, n, F]: each member's real observation entries (and its one-hot id under sharing)."""
+        x = obs.flatten(2)[:, team.agents, : team.obs_size].float()
+        if team.shared and team.n > 1:
+            ids = torch.eye(team.n, device=x.device).expand(x.shape[0], -1, -1)
+            x = torch.cat([x, ids], dim=-1)
+        return x
+
+    def state_input(self, obs: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, F_s]: the centralised critic's shared input (the global state, else every agent's observation)."""
+        if not self.central:
+            return None
+        if self.use_state:
+            return state.flatten(1).float()
+        return obs.flatten(1).index_select(1, self.joint_index).float()
+
+    def distribution(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """The actor's outputs [S, N, K] (logits, or the Gaussian's means) in float32."""
+        return self.actors[k](x).float()
+
+    def log_prob_entropy(self, k: int, out: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(raw) and the entropy, [S, N]; ``raw``: the action index, or the unsquashed Gaussian sample."""
+        if self.discrete:
+            logp = out.log_softmax(-1)
+            return logp.gather(-1, raw.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+        log_std = self.log_stds[k].expand_as(out)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+        return squashed_gaussian_log_prob(raw, out, log_std, self.low, self.high), entropy
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
+        E, A = obs.shape[:2]
+        if self.discrete:
+            actions = torch.zeros(E, A, dtype=torch.long, device=self.device)
+        else:
+            actions = torch.zeros(E, A, self.K, device=self.device)
+        sampled = []
+        deterministic = greedy and self.greedy_eval
+        for team in self.teams:
+            if not team.learns:
+                shape = (E, team.n) if self.discrete else (E, team.n, self.K)
+                if self.discrete:
+                    random = torch.randint(0, self.K, shape, generator=self.generator, device=self.device)
+                else:
+                    random = self.low + (self.high - self.low) * torch.rand(shape, generator=self.generator, device=self.device)
+                actions[:, team.agents] = random
+                continue
+            k = self.learners.index(team)
+            with self.autocast():
+                out = self.distribution(k, team.to_sets(self.own_input(team, obs)))
+            if self.discrete:
+                if deterministic:
+                    raw = out.argmax(-1)
+                else:
+                    u = torch.rand(out.shape, generator=self.generator, device=self.device).clamp_(min=1e-20)
+                    raw = (out - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: a sample of softmax(logits)
+                action = raw
+            else:
+                if deterministic:
+                    raw = out
+                else:
+                    noise = torch.randn(out.shape, generator=self.generator, device=self.device)
+                    raw = out + self.log_stds[k].exp() * noise
+                action = squash(raw, self.low, self.high)
+            actions[:, team.agents] = team.from_sets(action, E)
+            if not greedy:
+                sampled.append((raw, self.log_prob_entropy(k, out, raw)[0]))
+        if not greedy:
+            self.acted.append(sampled)
+        return actions
+
+    # ------------------------------------------------------------------ collecting
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict:
+        sampled = self.acted.popleft()
+        state = (context or {}).get("state")
+        self.rollout.append({
+            "obs": obs, "next_obs": step.next_obs, "reward": step.reward, "terminated": step.terminated,
+            "ended": step.terminated | step.truncated | step.episode_end[:, None], "alive": step.alive,
+            "state": self.state_input(obs, state), "next_state": self.state_input(step.next_obs, step.next_state),
+            "raw": [raw for raw, _ in sampled], "logp": [logp for _, logp in sampled],
+        })
+        return {}
+
+    # ------------------------------------------------------------------ learning
+    def values(self, k: int, team: Team, own: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """Normalised V [S, N] for own inputs [B, n, F] and shared inputs [B, F_s]."""
+        rows = team.state_rows(own.shape[0], own.device) if state is not None else None
+        return self.critics[k](team.to_sets(own), state, rows)
+
+    def update(self, env_steps: int) -> dict[str, torch.Tensor]:
+        if len(self.rollout) < self.rollout_steps:
+            return {}
+        steps, self.rollout = self.rollout, []
+        if self.lr_anneal:
+            frac = max(0.0, 1.0 - env_steps / self.anneal_steps)
+            self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[1]["lr"] = self.lr * frac, self.critic_lr * frac
+        T, E = len(steps), self.num_envs
+        field = lambda key: torch.stack([s[key] for s in steps])  # noqa: E731  [T, E, ...]
+        obs, next_obs = field("obs").flatten(0, 1), field("next_obs").flatten(0, 1)  # [T * E, A, ...]
+        state = field("state").flatten(0, 1) if self.central else None
+        next_state = field("next_state").flatten(0, 1) if self.central else None
+        metrics: dict[str, list[torch.Tensor]] = {}
+        for k, team in enumerate(self.learners):
+            pick = lambda key: field(key)[:, :, team.agents]  # noqa: E731  [T, E, n]
+            own, next_own = self.own_input(team, obs), self.own_input(team, next_obs)  # [T * E, n, F]
+            raw = torch.stack([s["raw"][k] for s in steps])  # [T, S, N_E, ...]
+            logp_old = torch.stack([s["logp"][k] for s in steps])  # [T, S, N_E]
+            norm = self.value_norms[k]
+            with torch.no_grad(), self.autocast():
+                value_old = self.values(k, team, own, state)  # [S, N], normalised
+                next_value = norm.denormalize(self.values(k, team, next_own, next_state))
+            to_tn = lambda v: team.from_sets(v, T * E).reshape(T, E, team.n)  # noqa: E731  [S, N] -> [T, E, n]
+            alive = pick("alive").float()
+            value = to_tn(norm.denormalize(value_old))
+            advantage = gae(pick("reward"), value, to_tn(next_value), pick("terminated"), pick("ended"), alive, self.gamma, self.gae_lambda)
+            returns = advantage + value
+            norm.update(returns[alive.bool()])
+            target = norm.normalize(returns)
+            living = advantage[alive.bool()]
+            advantage = (advantage - living.mean()) / (living.std() + 1e-8) * alive
+            # every per-sample tensor as [S, N]: the layout of the team's weight sets
+            flat = lambda x: team.to_sets(x.reshape(T * E, team.n, *x.shape[3:]))  # noqa: E731
+            samples = {
+                "advantage": flat(advantage), "target": flat(target), "alive": flat(alive), "value_old": value_old,
+                "raw": self.sets_from_steps(team, raw), "logp_old": self.sets_from_steps(team, logp_old),
+            }
+            own_sets = team.to_sets(own)
+            rows = team.state_rows(T * E, own.device) if self.central else None
+            N = own_sets.shape[1]
+            for _ in range(self.epochs):
+                order = torch.randperm(N, generator=self.generator, device=self.device)
+                for index in order.chunk(self.minibatches):
+                    m = self.minibatch_loss(k, own_sets[:, index], state, rows[index] if rows is not None else None,
+                                            {key: v[:, index] for key, v in samples.items()})
+                    for key, value in m.items():
+                        metrics.setdefault(key, []).append(value)
+                    self.gradient_steps += 1
+        self.updates += 1
+        return {key: torch.stack(values).mean() for key, values in metrics.items()}
+
+    @staticmethod
+    def sets_from_steps(team: Team, x: torch.Tensor) -> torch.Tensor:
+        """[T, S, N_E, ...] (act's layout per step) -> [S, T * N_E, ...], the samples in step order."""
+        return x.transpose(0, 1).flatten(1, 2)
+
+    def minibatch_loss(self, k: int, own: torch.Tensor, state, rows, mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        alive = mb["alive"]
+        count = alive.sum(1).clamp(min=1.0)
+        mean = lambda x: ((x * alive).sum(1) / count).sum()  # noqa: E731  each set's mean over its living samples
+        with self.autocast():
+            out = self.distribution(k, own)
+            value = self.critics[k](own, state, rows)
+        logp, entropy = self.log_prob_entropy(k, out, mb["raw"])
+        policy_loss = clipped_surrogate(logp, mb["logp_old"], mb["advantage"], self.clip)
+        value_loss = F.huber_loss(value, mb["target"], reduction="none", delta=self.value_huber_delta)
+        if self.value_clip:
+            clipped = mb["value_old"] + (value - mb["value_old"]).clamp(-self.clip, self.clip)
+            value_loss = torch.max(value_loss, F.huber_loss(clipped, mb["target"], reduction="none", delta=self.value_huber_delta))
+        loss = mean(policy_loss) + self.value_coef * mean(value_loss) - self.entropy_coef * mean(entropy)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        actor_params = list(self.actors[k].parameters()) + ([self.log_stds[k]] if not self.discrete else [])
+        clip_grad_norm_per_set(actor_params, self.max_grad_norm)
+        clip_grad_norm_per_set(self.critics[k].parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            log_ratio = logp - mb["logp_old"]
+            sets = alive.shape[0]
+            return {
+                "train/policy_loss": mean(policy_loss).detach() / sets, "train/value_loss": mean(value_loss).detach() / sets,
+                "train/entropy": mean(entropy).detach() / sets,
+                "train/approx_kl": mean(log_ratio.exp() - 1 - log_ratio) / sets,  # Schulman's low-variance estimator
+                "train/clip_fraction": mean(((log_ratio.exp() - 1).abs() > self.clip).float()) / sets,
+            }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, include_replay: bool = True) -> dict:
+        return {
+            "nets": self.nets.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "rollout": self.rollout, "acted": list(self.acted), "gradient_steps": self.gradient_steps, "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nets.load_state_dict(state["nets"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.rollout, self.acted = list(state["rollout"]), deque(state["acted"])
+        self.gradient_steps, self.updates = state["gradient_steps"], state["updates"]
