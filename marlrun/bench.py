@@ -60,6 +60,10 @@ CASES = {  # name: (overrides, default env steps of training to measure (0: raw 
     "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000, 1000),
     "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000, 1000),
     "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000, 1000),
+    "ippo-pursuit": (["experiment=ppo_pursuit"], 16384, 4096),  # an update every 16 copies x 128 steps
+    "mappo-pursuit": (["experiment=ppo_pursuit", "algo=mappo"], 16384, 4096),
+    "mappo-simple_adversary": (["experiment=mappo_adversary"], 16000, 4000),
+    "mappo-battle": (["experiment=mappo_battle"], 2000, 1000),
     "mfq-battle": (["experiment=mfq_battle"], 2000, 500),
     "mfq-battle-fp32": (["experiment=mfq_battle", "hardware.precision=fp32"], 2000, 500),
     "mfq-ising-256": (["experiment=mfq_ising", "env.L=256", "hardware.num_envs=16", "algo.learning_starts=0"], 64, 16),
@@ -148,7 +152,7 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
     }
     if default_steps:
         act = act_throughput(cfg, seconds, device, precision)
-        steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.learning_starts, train_steps or default_steps, log)
+        steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.get("learning_starts", 0), train_steps or default_steps, log)
         result.update({
             "act_env_steps_per_sec": round(act, 1), "act_agent_steps_per_sec": round(act * n_agents, 1),
             "train_env_steps_per_sec": round(steps_per_sec, 1), "train_agent_steps_per_sec": round(steps_per_sec * n_agents, 1),

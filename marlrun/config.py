@@ -357,6 +357,8 @@ class PPOConfig:
     value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm)
     log_std_init: float = -0.5  # continuous actions: initial log std of the Gaussian (before tanh)
     hidden: list[int] = field(default_factory=lambda: [64, 64])
+    conv_channels: list[int] = field(default_factory=list)  # image observations: the actor's k x k ReLU convolutions before its layers ([]: none)
+    conv_kernel: int = 3
     greedy_eval: bool = True  # evaluation: the most likely action (true) or a sample of the policy (false)
 
     def __post_init__(self) -> None:
@@ -367,9 +369,10 @@ class PPOConfig:
             _require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", f"must be in [0, 1], got {getattr(self, key)}")
         for key in ("value_coef", "entropy_coef"):
             _require(getattr(self, key) >= 0, f"algo.{key}", f"must be >= 0, got {getattr(self, key)}")
-        for key in ("anneal_steps", "rollout_steps", "epochs", "minibatches"):
+        for key in ("anneal_steps", "rollout_steps", "epochs", "minibatches", "conv_kernel"):
             _require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
+        _require(all(c >= 1 for c in self.conv_channels), "algo.conv_channels", "widths must be >= 1")
 
 
 @dataclass

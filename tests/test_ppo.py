@@ -134,7 +134,7 @@ def test_dead_samples_contribute_nothing_to_the_update(compose_cfg):
     k, team = 0, algo.learners[0]
     S, N = 1, 16
     gen = torch.Generator().manual_seed(1)
-    own = torch.randn(S, N, algo.actors[0][0].weight.shape[1], generator=gen)
+    own = torch.randn(S, N, algo.actors[0][1][0].weight.shape[1], generator=gen)  # the first layer after the (empty) torso
     state = torch.randn(N // team.n, algo.critics[0].state.shape[1], generator=gen)
     rows = team.state_rows(N // team.n, CPU)
     mb = {"advantage": torch.randn(S, N, generator=gen), "target": torch.randn(S, N, generator=gen), "value_old": torch.randn(S, N, generator=gen),
@@ -175,7 +175,7 @@ def test_mappo_critic_sees_the_state_and_ippo_only_the_observation(compose_cfg):
 def test_independent_weight_sets_do_not_see_each_others_inputs(compose_cfg):
     _, env, algo = build(compose_cfg, "algo=ippo", "algo.parameter_sharing=false")
     team = algo.learners[0]
-    assert team.n_sets == 2 and algo.actors[0][0].weight.shape[:2] == (2, 7 * 7 * 3)  # no id input
+    assert team.n_sets == 2 and algo.actors[0][1][0].weight.shape[:2] == (2, 7 * 7 * 3)  # no id input
     obs = env.reset()
     other = obs.clone()
     other[:, 1] = torch.rand_like(other[:, 1]) * 3
@@ -296,3 +296,18 @@ def test_mappo_good_agents_beat_random_ones_on_simple_adversary(compose_cfg, tmp
     trained = learned["evaluations"][-1]["eval/team_return/good"]
     print(f"good team return {trained:.2f} vs random {baseline:.2f}")
     assert trained > baseline + 5.0
+
+
+def test_shared_conv_torso_equals_the_weight_set_convolutions():
+    # one weight set runs nn.Conv2d, several run marlrun's im2col convolutions: same features from the same weights
+    from marlrun.algos.ppo import Torso
+    shared, sets = Torso(1, 5 * 5 * 3 + 2, (5, 5, 3), [4, 6], 2), Torso(2, 5 * 5 * 3 + 2, (5, 5, 3), [4, 6], 2)
+    with torch.no_grad():
+        for conv, set_conv in zip(shared.convs[0::2], sets.convs):
+            k, c_in, c_out = conv.kernel_size[0], conv.in_channels, conv.out_channels
+            set_conv.weight[:] = conv.weight.permute(2, 3, 1, 0).reshape(k * k * c_in, c_out)  # rows (di, dj, c)
+            set_conv.bias[:] = conv.bias.view(1, c_out)
+    x = torch.rand(1, 7, 5 * 5 * 3 + 2)
+    with torch.no_grad():
+        a, b = shared(x), sets(x.expand(2, -1, -1))
+    assert a.shape == (1, 7, 3 * 3 * 6 + 2) and torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[0], b[1], atol=1e-5)
