@@ -125,6 +125,7 @@ class SimpleAdversaryConfig:
 
 
 ISING_REWARDS = ("physical", "alignment")
+ISING_OBSERVATIONS = ("spins", "neighbours")
 
 
 @dataclass
@@ -140,6 +141,7 @@ class IsingConfig:
     J: float = 1.0  # coupling
     h: float = 0.0  # external field
     max_cycles: int = 100  # steps per episode (then a fresh random lattice)
+    observation: str = "spins"  # spins: [own spin, neighbour spins]; neighbours: the neighbours' spins only (the MF-Q paper's Ising code)
 
     def __post_init__(self) -> None:
         _require(self.dims in (1, 2), "env.dims", f"must be 1 (ring) or 2 (torus), got {self.dims}")
@@ -147,6 +149,8 @@ class IsingConfig:
         allowed = (2,) if self.dims == 1 else (4, 8)
         _require(self.neighbours in allowed, "env.neighbours", f"a {self.dims}D lattice takes {' or '.join(map(str, allowed))} neighbours, got {self.neighbours}")
         _require(self.reward in ISING_REWARDS, "env.reward", f"unknown reward '{self.reward}'; pick one of {', '.join(ISING_REWARDS)}")
+        _require(self.observation in ISING_OBSERVATIONS, "env.observation",
+                 f"unknown observation '{self.observation}'; pick one of {', '.join(ISING_OBSERVATIONS)}")
         _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
 
 
@@ -396,7 +400,7 @@ class MFQConfig:
     controller: str = "mfq"  # the env's first team (battle: red): mfq | iql (the IL baseline: no mean action)
     opponent: str = "mfq"  # its second team (battle: blue): mfq | iql (both learn) | random | frozen:RUN_DIR[@TEAM]
     rounds: int = 0  # mean-field refinement rounds before acting (0: the neighbours' previous actions)
-    temperature: float = 1.0  # Boltzmann temperature (the physical temperature on the Ising model)
+    temperature: float = 1.0  # Boltzmann temperature tau of softmax(Q / tau) (env=ising: the lattice's physical temperature is T = 2 tau, see algo=mcmc)
     temperature_end: Optional[float] = None  # anneal linearly to this over temperature_decay_steps (null: constant)
     temperature_decay_steps: int = 0  # env steps of the anneal
     greedy_eval: bool = True  # evaluation: argmax (true) or the Boltzmann policy at the current temperature (false)
@@ -435,8 +439,50 @@ class MFQConfig:
         _require(min(self.conv_channels, default=1) >= 1 and min(self.hidden, default=1) >= 1, "algo.conv_channels/hidden", "widths must be positive")
 
 
+MCMC_RULES = ("heat_bath", "metropolis")
+MCMC_SCANS = ("checkerboard", "synchronous")
+
+
+@dataclass
+class MCMCConfig:
+    """Markov-chain Monte Carlo of the Ising model (env=ising, physical reward): the physics reference for MF-Q's
+    temperature curve. Nothing is learned. It samples exp(-E / T), E the lattice energy the rewards add up to (minus),
+    at T = 2 * temperature: ``temperature`` is MF-Q's Boltzmann temperature tau (see marlrun/algos/mcmc.py)."""
+
+    _target_: str = "marlrun.algos.mcmc.MCMC"
+    name: str = "mcmc"
+    temperature: float = 1.0  # tau, as MF-Q's algo.temperature; the physical temperature is T = 2 tau (units of J/k): tau_c = 1.135
+    rule: str = "heat_bath"  # heat_bath (Glauber) | metropolis
+    scan: str = "checkerboard"  # checkerboard: one sublattice after another (valid); synchronous: all spins at once (invalid, for comparison)
+    sweeps: int = 1  # sweeps over the lattice per env step
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "algo.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.rule in MCMC_RULES, "algo.rule", f"unknown rule '{self.rule}'; pick one of {', '.join(MCMC_RULES)}")
+        _require(self.scan in MCMC_SCANS, "algo.scan", f"unknown scan '{self.scan}'; pick one of {', '.join(MCMC_SCANS)}")
+        _require(self.sweeps >= 1, "algo.sweeps", f"must be >= 1, got {self.sweeps}")
+
+
 # --------------------------------------------------------------------------- the run
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # marlrun/metrics.py (tensorboard) and marlrun/loggers.py
+SUMMARY_METRICS = ("final_eval_return", "best_eval_return", "final_train_return", "steps_per_sec")  # numbers of summary.json
+AGGREGATES = ("last", "mean", "max", "min")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The one number a hyperparameter search (``hydra/sweeper=optuna``) optimises, read from the finished run's folder
+    (marlrun/search.py). A run that did not finish, or has no such number, or one that is not finite, is a failed trial."""
+
+    metric: str = "final_eval_return"  # a number of summary.json (final_eval_return, best_eval_return, final_train_return, steps_per_sec) or a scalar of metrics.jsonl (eval/episode_return, train/loss, ...)
+    aggregate: str = "last"  # a metrics.jsonl scalar over the records that hold it: last | mean | max | min (a summary.json number is taken as it is)
+
+    def __post_init__(self) -> None:
+        _require(self.metric in SUMMARY_METRICS or "/" in self.metric, "objective.metric",
+                 f"'{self.metric}' is neither a number of summary.json ({', '.join(SUMMARY_METRICS)}) nor a scalar of metrics.jsonl "
+                 "(those have a group: eval/episode_return, train/loss, ...)")
+        _require(self.aggregate in AGGREGATES, "objective.aggregate", f"unknown aggregation '{self.aggregate}'; pick one of {', '.join(AGGREGATES)}")
 
 
 @dataclass
@@ -457,6 +503,8 @@ class RunConfig:
     resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`
     progress: bool = True  # rich progress bar
     print_config: bool = True  # print the composed config at start
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # where the scalars go besides metrics.jsonl (always written): tensorboard | wandb | mlflow
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what a hyperparameter search optimises
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, 2**63 - 1], got {self.seed}")
@@ -466,9 +514,12 @@ class RunConfig:
         _require(self.eval_episodes >= 0, "eval_episodes", "must be >= 0")
         _require(self.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        for name in self.loggers:
+            _require(name in LOGGERS, "loggers", f"unknown logger '{name}'; pick from {', '.join(LOGGERS)} (metrics.jsonl is always written)")
+        _require(len(set(self.loggers)) == len(self.loggers), "loggers", f"each logger once, got {list(self.loggers)}")
 
 
-ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig, QMIXConfig, PPOConfig, MAPPOConfig)
+ALGO_SCHEMAS = (SuperDDQNConfig, MADDPGConfig, MFQConfig, MCMCConfig, QMIXConfig, PPOConfig, MAPPOConfig)
 ENV_SCHEMAS = (PursuitConfig, SimpleAdversaryConfig, IsingConfig, BattleConfig)
 
 

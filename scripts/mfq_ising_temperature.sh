@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # MF-Q on the 2D Ising model (Yang et al., ICML 2018, section 5.1): the order parameter against temperature,
-# 11 temperatures x 3 seeds (experiment=mfq_ising_sweep), then the report (one group per temperature).
-# About 15 minutes on a 2-core CPU with two jobs at a time.
+# 10 temperatures x 3 seeds (experiment=mfq_ising_sweep, the paper's 10x10 setting), then the report (one group per
+# temperature). MF-Q beside MCMC: scripts/mcmc_vs_mfq_ising.sh.
+# About 20 minutes on a 2-core CPU with two jobs at a time.
 set -euo pipefail
 out=${1:-outputs/paper/mfq_ising_temperature}
 shift || true   # the rest of the arguments: Hydra overrides added to every sweep (e.g. total_steps=50000)

@@ -280,3 +280,34 @@ def test_render():
     ring.reset(seed=0)
     strip = ring.render()
     assert strip.dtype == np.uint8 and strip.shape[1] == 5 * strip.shape[0] and strip.shape[2] == 3
+
+
+def test_neighbours_observation_hides_the_own_spin_only():
+    """observation="neighbours" (the MF-Q paper's Ising code): the same lattice, rewards and metrics; agents see the k
+    neighbour spins without their own."""
+    full = IsingVecEnv(2, 3, L=5, max_cycles=3)
+    part = IsingVecEnv(2, 3, L=5, max_cycles=3, observation="neighbours")
+    assert part.spec.obs_shape == (4,) and full.spec.obs_shape == (5,)
+    assert "ising_energy" in part.spec.capabilities and "ising_energy" not in IsingVecEnv(1, 0, L=4, reward="alignment").spec.capabilities
+    obs_full, obs_part = full.reset(), part.reset()
+    assert torch.equal(obs_part, obs_full[..., 1:])
+    g = torch.Generator().manual_seed(6)
+    for _ in range(4):  # across an automatic reset
+        actions = torch.randint(0, 2, (2, 25), generator=g)
+        a, b = full.step(actions), part.step(actions)
+        assert torch.equal(b.obs, a.obs[..., 1:]) and torch.equal(b.next_obs, a.next_obs[..., 1:])
+        assert torch.equal(b.reward, a.reward) and b.episode_info.keys() == a.episode_info.keys()
+        for key in a.episode_info:
+            assert torch.equal(a.episode_info[key], b.episode_info[key])
+    assert full.state_metrics() == part.state_metrics()
+    assert part.context()["coupling"] == 1.0 and part.context()["field"] == 0.0
+    with pytest.raises(ValueError):
+        IsingVecEnv(1, 0, observation="own")
+    env = IsingParallelEnv(L=3, observation="neighbours", render_mode="rgb_array", max_cycles=4)
+    assert env.observation_space("spin_0").shape == (4,)
+    parallel_api_test(env, num_cycles=5)
+    obs, _ = env.reset(seed=1)
+    image = env.render()  # drawn from the spins, not from the observation
+    scale = image.shape[0] // 3
+    spins = env.core.spins()[0]
+    assert all((image[(i // 3) * scale, (i % 3) * scale] == (255 if spins[i] > 0 else 0)).all() for i in range(9))

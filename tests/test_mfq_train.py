@@ -6,7 +6,7 @@ from marlrun.checkpoint import checkpoint_paths, load_checkpoint
 from marlrun.metrics import read_metrics
 from marlrun.runner import train
 
-ISING = ["experiment=mfq_ising", "env.L=8", "hardware=cpu", "hardware.num_envs=4", "hardware.env_workers=0", "hardware.torch_threads=1",
+ISING = ["experiment=mfq_ising", "env.L=8", "env.max_cycles=100", "hardware=cpu", "hardware.num_envs=4", "hardware.env_workers=0", "hardware.torch_threads=1",
          "progress=false", "print_config=false"]
 BATTLE = ["algo=mfq", "env=battle", "env.map_size=16", "env.max_cycles=30", "hardware=cpu", "hardware.num_envs=2", "hardware.env_workers=0",
           "hardware.torch_threads=1", "algo.conv_channels=[4]", "algo.obs_hidden=16", "algo.hidden=[16]", "algo.mean_action_hidden=8",

@@ -28,6 +28,7 @@ REQUIREMENT_HELP = {
     "neighbours": ("a neighbourhood structure (a lattice or positions)", lambda spec: "neighbours" in spec.capabilities),
     "state": ("a global state", lambda spec: "state" in spec.capabilities),
     "one_team": ("all agents on one team", lambda spec: len(spec.team_names) == 1),
+    "ising_energy": ("an Ising lattice energy to sample (env=ising with env.reward=physical)", lambda spec: "ising_energy" in spec.capabilities),
 }
 
 

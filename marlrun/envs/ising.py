@@ -1,9 +1,14 @@
 """An Ising-model environment in torch: every spin of a periodic lattice is an agent.
 
 All spins act at once: action 1 sets a spin up (+1), action 0 down (-1), so after a step the lattice *is* the joint
-action. Agent i observes ``[own spin, its k neighbour spins]`` and is rewarded on the new spins, either with its
-share of the (negative) bond energy ("physical") or with how well it agrees with its neighbours ("alignment", the
-mean-field paper's reward).
+action. Agent i observes ``[own spin, its k neighbour spins]`` (``observation="spins"``) or only its k neighbours'
+spins (``observation="neighbours"``: the MF-Q paper's Ising code, whose state is the number of up neighbours), and is
+rewarded on the new spins, either with its share of the (negative) bond energy ("physical") or with how well it
+agrees with its neighbours ("alignment", the mean-field paper's reward).
+
+With the physical reward the rewards add up to minus the lattice energy, sum_i r_i = -E(s) with
+E(s) = -J sum_<ij> s_i s_j - h sum_i s_i (every bond once): the spec then has the capability "ising_energy", and
+``context()`` says J and h, for a sampler of exp(-E / T) (algo=mcmc).
 
 ``IsingVecEnv`` steps ``num_envs`` lattices as batched tensors on one device (no Python loop over sites or copies);
 ``IsingParallelEnv`` is one lattice of the same core as a PettingZoo ``ParallelEnv``.
@@ -21,10 +26,11 @@ from pettingzoo.utils.env import ParallelEnv
 from marlrun.envs.base import EnvSpec, IndexNeighbours, VecEnv, VecStep
 
 REWARDS = ("physical", "alignment")
+OBSERVATIONS = ("spins", "neighbours")  # [own spin, k neighbour spins] | [k neighbour spins]
 NEIGHBOURS = {1: (2,), 2: (4, 8)}  # allowed neighbourhood sizes per lattice dimension
 
 
-def _validate(dims: int, L: int, neighbours: int, reward: str = "physical", max_cycles: int = 1) -> None:
+def _validate(dims: int, L: int, neighbours: int, reward: str = "physical", max_cycles: int = 1, observation: str = "spins") -> None:
     if dims not in NEIGHBOURS:
         raise ValueError(f"Ising lattice dims must be 1 or 2, got {dims!r}")
     if not isinstance(L, numbers.Integral) or L < 3:
@@ -36,6 +42,8 @@ def _validate(dims: int, L: int, neighbours: int, reward: str = "physical", max_
         raise ValueError(f"Ising reward must be one of {', '.join(REWARDS)}, got {reward!r}")
     if not isinstance(max_cycles, numbers.Integral) or max_cycles < 1:
         raise ValueError(f"Ising max_cycles must be an integer >= 1, got {max_cycles!r}")
+    if observation not in OBSERVATIONS:
+        raise ValueError(f"Ising observation must be one of {', '.join(OBSERVATIONS)}, got {observation!r}")
 
 
 def lattice_neighbours(dims: int, L: int, k: int) -> torch.Tensor:
@@ -57,16 +65,18 @@ def lattice_neighbours(dims: int, L: int, k: int) -> torch.Tensor:
     return torch.stack([((x + dx) % L) * L + (y + dy) % L for dx, dy in offsets], dim=1)
 
 
-def ising_spec(dims: int = 2, L: int = 32, neighbours: int = 4, name: str = "ising") -> EnvSpec:
+def ising_spec(dims: int = 2, L: int = 32, neighbours: int = 4, name: str = "ising", reward: str = "physical",
+               observation: str = "spins") -> EnvSpec:
     n = L**dims
     return EnvSpec(
         name=name,
         agent_names=tuple(f"spin_{i}" for i in range(n)),
-        obs_shape=(neighbours + 1,),
+        obs_shape=(neighbours + (observation == "spins"),),
         n_actions=2,
         teams=("spin",) * n,
         obs_storage_dtype=torch.int8,  # spins are +-1
-        capabilities=frozenset({"neighbours"}),
+        # "ising_energy": the rewards add up to minus an Ising energy (context() says J and h), which algo=mcmc samples
+        capabilities=frozenset({"neighbours", "ising_energy"} if reward == "physical" else {"neighbours"}),
     )
 
 
@@ -82,15 +92,16 @@ class IsingVecEnv(VecEnv):
     def __init__(
         self, num_envs: int, seed: int, device: torch.device | str = "cpu", name: str = "ising", *,
         dims: int = 2, L: int = 32, neighbours: int = 4, reward: str = "physical", J: float = 1.0, h: float = 0.0,
-        max_cycles: int = 100,
+        max_cycles: int = 100, observation: str = "spins",
     ):
-        _validate(dims, L, neighbours, reward, max_cycles)
+        _validate(dims, L, neighbours, reward, max_cycles, observation)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
         self.dims, self.L, self.k = int(dims), int(L), int(neighbours)
         self.reward_kind, self.J, self.h = reward, float(J), float(h)
         self.max_cycles = int(max_cycles)
-        self.spec = ising_spec(dims, L, neighbours, name)
+        self.observation = observation
+        self.spec = ising_spec(dims, L, neighbours, name, reward, observation)
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.seed = int(seed)
         self.index = lattice_neighbours(dims, L, neighbours).to(self.device)  # [N, k]
@@ -113,10 +124,15 @@ class IsingVecEnv(VecEnv):
         return up.to(torch.float32).mul_(2.0).sub_(1.0)
 
     def _observe(self, spins: torch.Tensor) -> torch.Tensor:
-        """[n, N] spins -> [n, N, k + 1] observations: own spin, then the neighbours' in ``index`` order."""
+        """[n, N] spins -> [n, N, k + 1] full observations: own spin, then the neighbours' in ``index`` order (what
+        rewards and metrics are computed from; agents see ``_agent_view`` of them)."""
         # gather with an expanded index is several times faster on CPU than index_select or advanced indexing
         obs = torch.gather(spins, 1, self._obs_index.expand(spins.shape[0], -1))
         return obs.view(spins.shape[0], self.n_agents, self.k + 1)
+
+    def _agent_view(self, full: torch.Tensor) -> torch.Tensor:
+        """What the agents observe of full observations [n, N, k + 1]: all of it, or the neighbours' spins only."""
+        return full if self.observation == "spins" else full[..., 1:]
 
     def _split(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Own spins [n, N] and neighbour sums [n, N] from observations."""
@@ -140,7 +156,10 @@ class IsingVecEnv(VecEnv):
         return field.mul_(own).mul_(2.5 / self.k).tanh_()
 
     def episode_metrics(self, final_obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Order parameter and energy per spin of lattices [n] from their observations [n, N, k + 1]."""
+        """Order parameter and energy per spin of lattices [n] from their full observations [n, N, k + 1] (own spin
+        first, as with ``observation="spins"``)."""
+        if final_obs.shape[-1] != self.k + 1:
+            raise ValueError(f"episode_metrics needs full observations [n, N, {self.k + 1}] (own spin first), got {tuple(final_obs.shape)}")
         own, field = self._split(final_obs)
         return {
             "game/xi": own.mean(1).abs(),
@@ -160,7 +179,7 @@ class IsingVecEnv(VecEnv):
         self._steps.zero_()
         self._metric_sums, self._metric_count = [0.0, 0.0], 0
         self._actions = None
-        return self._observe(self._spins)
+        return self._agent_view(self._observe(self._spins))
 
     def step_async(self, actions: torch.Tensor) -> None:
         if self._spins is None:
@@ -176,9 +195,10 @@ class IsingVecEnv(VecEnv):
         E, N = self.num_envs, self.n_agents
         spins = (actions != 0).to(torch.float32).mul_(2.0).sub_(1.0)  # 1 = up, 0 = down
         self._spins = spins
-        next_obs = self._observe(spins)
-        reward = self.rewards(next_obs, spins)
-        metrics = self.episode_metrics(next_obs)  # of every lattice after this step, for state_metrics()
+        full = self._observe(spins)
+        reward = self.rewards(full, spins)
+        metrics = self.episode_metrics(full)  # of every lattice after this step, for state_metrics()
+        next_obs = self._agent_view(full)
         self._metric_sums = [total + value.sum() for total, value in zip(self._metric_sums, metrics.values())]
         self._metric_count += E
         self._steps += 1
@@ -190,7 +210,7 @@ class IsingVecEnv(VecEnv):
             self._steps[ended] = 0
             fresh = self._random_spins(len(ended))
             self._spins = spins.index_copy(0, ended_dev, fresh)
-            obs = next_obs.index_copy(0, ended_dev, self._observe(fresh))
+            obs = next_obs.index_copy(0, ended_dev, self._agent_view(self._observe(fresh)))
             info = metrics
         else:
             done = torch.zeros(E, dtype=torch.bool, device=self.device)
@@ -207,10 +227,14 @@ class IsingVecEnv(VecEnv):
         )
 
     def context(self) -> dict:
-        """The lattice neighbourhood and every spin's previous action (its current spin, also right after reset)."""
+        """The lattice neighbourhood, every spin's previous action (its current spin, also right after reset) and, with
+        the physical reward, the coupling J and field h of the energy the rewards add up to (minus)."""
         if self._spins is None:
             raise RuntimeError("IsingVecEnv.context before reset()")
-        return {"neighbours": self._neighbours, "prev_actions": (self._spins > 0).long()}
+        context = {"neighbours": self._neighbours, "prev_actions": (self._spins > 0).long()}
+        if self.reward_kind == "physical":
+            context.update(coupling=self.J, field=self.h)
+        return context
 
     def state_metrics(self) -> dict[str, float]:
         """Order parameter and energy per spin after every step since the last call, averaged over steps and lattices
@@ -247,18 +271,20 @@ class IsingParallelEnv(ParallelEnv):
 
     def __init__(
         self, *, dims: int = 2, L: int = 32, neighbours: int = 4, reward: str = "physical", J: float = 1.0,
-        h: float = 0.0, max_cycles: int = 100, seed: int = 0, device: torch.device | str = "cpu",
+        h: float = 0.0, max_cycles: int = 100, observation: str = "spins", seed: int = 0, device: torch.device | str = "cpu",
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"Ising render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.core = IsingVecEnv(1, seed, device, dims=dims, L=L, neighbours=neighbours, reward=reward, J=J, h=h, max_cycles=max_cycles)
+        self.core = IsingVecEnv(1, seed, device, dims=dims, L=L, neighbours=neighbours, reward=reward, J=J, h=h, max_cycles=max_cycles,
+                                observation=observation)
         self.render_mode = render_mode
         self.possible_agents = list(self.core.spec.agent_names)
         self.agents: list[str] = []
-        self._observation_space = gymnasium.spaces.Box(-1.0, 1.0, (neighbours + 1,), np.float32)
+        self._observation_space = gymnasium.spaces.Box(-1.0, 1.0, self.core.spec.obs_shape, np.float32)
         self._action_space = gymnasium.spaces.Discrete(2)
-        self._obs: torch.Tensor | None = None  # [N, k + 1], the last observation returned
+        self._obs: torch.Tensor | None = None  # [N, obs size], the last observation returned
+        self._shown: torch.Tensor | None = None  # [N] the spins of the lattice that observation is of (for render)
 
     @property
     def max_cycles(self) -> int:
@@ -282,6 +308,7 @@ class IsingParallelEnv(ParallelEnv):
     def reset(self, seed=None, options=None):
         obs = self.core.reset(seed) if seed is not None else self.core._reset_all()
         self._obs = obs[0]
+        self._shown = self.core.spins()[0]
         self.agents = self.possible_agents[:]
         return self._obs_dict(self._obs), {agent: {} for agent in self.agents}
 
@@ -294,6 +321,7 @@ class IsingParallelEnv(ParallelEnv):
             where, values = zip(*given)
             current[list(where)] = torch.tensor(values, dtype=torch.long, device=current.device)
         step = self.core.step(current[None])
+        self._shown = current.to(torch.float32) * 2 - 1  # the lattice is the joint action (before any reset)
         final = bool(step.episode_end[0])
         self._obs = step.next_obs[0]  # the final observation where the episode ended (the core has reset already)
         obs = self._obs_dict(self._obs)
@@ -311,7 +339,7 @@ class IsingParallelEnv(ParallelEnv):
             return None
         if self._obs is None:
             raise RuntimeError("IsingParallelEnv.render before reset()")
-        up = (self._obs[:, 0] > 0).cpu().numpy()
+        up = (self._shown > 0).cpu().numpy()
         side = self.core.L
         grid = up.reshape(1, side) if self.core.dims == 1 else up.reshape(side, side)
         scale = max(1, 256 // side)  # small lattices: a few pixels per site
