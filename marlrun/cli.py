@@ -177,7 +177,7 @@ def _train(args: list[str]) -> int:
     job_state: dict = {}  # outlives the jobs a launcher runs in this process
 
     @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -194,8 +194,7 @@ def _train(args: list[str]) -> int:
             outcome["error"] = str(refused)
             return
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            run_job(cfg, run_dir, hydra_cfg, job_state)
-            return
+            return run_job(cfg, run_dir, hydra_cfg, job_state)  # the objective, for a sweeper that searches (Optuna)
         try:
             summary = train(cfg, run_dir)
         except UserError as exc:  # reported after Hydra returns, as one line
@@ -234,6 +233,8 @@ def _train(args: list[str]) -> int:
         from marlrun.sweep import rerun_unfinished, sweep_dirs
 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "No trials are completed yet" in reason:  # Optuna's best_trial after a search whose every trial failed
+            return _sweep_exit()
         console.print(f"[red]the sweep's launcher stopped[/] ({type(exc).__name__}: {reason}); rerunning the jobs it did not finish")
         for sweep_dir in sweep_dirs:
             rerun_unfinished(sweep_dir, console)

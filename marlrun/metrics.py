@@ -1,4 +1,5 @@
-"""Scalars to TensorBoard and to metrics.jsonl, the same values in both."""
+"""Scalars to metrics.jsonl (always) and to the run's loggers (TensorBoard here; W&B and MLflow in loggers.py), the same
+values at the same env steps in all of them."""
 
 from __future__ import annotations
 
@@ -79,14 +80,59 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+class Logger:
+    """Where a run's scalars go besides metrics.jsonl. Built before the run builds anything (a logger that cannot start
+    says so then, in one line); started when metrics.jsonl opens; told every record; closed when the run ends."""
+
+    name = ""
+
+    def start(self, resume_step: int | None) -> None:
+        """``resume_step``: the env step of the checkpoint a resumed run continues from (None for a fresh run)."""
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def close(self, failed: bool = False) -> None:
+        """``failed``: the run ends with an error."""
+
+
+class TensorBoardLogger(Logger):
+    """Event files in the run folder; a resumed run purges the steps logged after its checkpoint."""
+
+    name = "tensorboard"
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.tb: SummaryWriter | None = None
+
+    def start(self, resume_step: int | None) -> None:
+        self.tb = SummaryWriter(log_dir=str(self.run_dir), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        try:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+        except OSError as exc:
+            raise write_failed(Path(self.tb.log_dir) / "events.out.tfevents", exc) from None
+
+    def close(self, failed: bool = False) -> None:
+        if self.tb is None:
+            return
+        try:
+            self.tb.close()
+        except OSError:  # a full disk: what could be written was, and the error was reported when it happened
+            pass
+
+
 class MetricWriter:
-    """Writes one record per log step to TensorBoard and to ``metrics.jsonl``.
+    """Writes one record per log step to ``metrics.jsonl`` and to each of ``loggers`` (default: TensorBoard).
 
     ``resume_step`` drops records written after that step by an earlier process
-    (a run killed between its last checkpoint and its last log), in both files.
+    (a run killed between its last checkpoint and its last log), in metrics.jsonl and TensorBoard.
     """
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, loggers: list[Logger] | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
@@ -98,12 +144,26 @@ class MetricWriter:
                 error = write_failed(self.path, exc)
                 tmp.unlink(missing_ok=True)
                 raise error from None
-        self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=None if resume_step is None else resume_step + 1)
-        self.file = open(self.path, "ab", buffering=0)  # every record goes straight to the file: nothing left in a buffer
+        self.loggers = [TensorBoardLogger(run_dir)] if loggers is None else list(loggers)
+        started: list[Logger] = []
+        try:
+            for logger in self.loggers:
+                logger.start(resume_step)
+                started.append(logger)
+            self.file = open(self.path, "ab", buffering=0)  # every record goes straight to the file: nothing left in a buffer
+        except BaseException:
+            for logger in started:
+                logger.close(failed=True)
+            raise
+
+    @property
+    def tb(self) -> SummaryWriter | None:
+        """The TensorBoard writer, when TensorBoard is one of the loggers."""
+        return next((logger.tb for logger in self.loggers if isinstance(logger, TensorBoardLogger)), None)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """One record, whole or not at all: a write that fails (a full disk) is cut back off the file. Non-finite
-        values are written as they are (``NaN``, ``Infinity``, as Python's json reads them) in both files."""
+        values are written as they are (``NaN``, ``Infinity``, as Python's json reads them) everywhere."""
         line = (json.dumps({"step": step, **scalars}) + "\n").encode()
         end = os.fstat(self.file.fileno()).st_size  # (in append mode the file position says nothing until a write)
         try:
@@ -116,16 +176,10 @@ class MetricWriter:
             except OSError:
                 pass
             raise write_failed(self.path, exc) from None
-        try:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, step)
-            self.tb.flush()
-        except OSError as exc:
-            raise write_failed(Path(self.tb.log_dir) / "events.out.tfevents", exc) from None
+        for logger in self.loggers:
+            logger.write(step, scalars)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.file.close()  # unbuffered: closing writes nothing
-        try:
-            self.tb.close()
-        except OSError:  # a full disk: what could be written was, and the error was reported when it happened
-            pass
+        for logger in self.loggers:
+            logger.close(failed=failed)

@@ -39,7 +39,7 @@ from marlrun.metrics import METRICS_FILE, SUMMARY_FILE
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 DEFAULT_METRICS = ("eval/episode_return", "train/episode_return")
-BOOKKEEPING_KEYS = ("seed", "resume", "progress", "print_config", "hydra")  # never define groups (nor keys under them)
+BOOKKEEPING_KEYS = ("seed", "resume", "progress", "print_config", "hydra", "loggers", "objective")  # never define groups (nor keys under them)
 SKIP_FOLDERS = ("checkpoints",)
 LEVEL = 0.95
 LABEL_KEYS_MAX = 4  # more differing keys than this: label groups by their Hydra overrides when those tell them apart

@@ -25,6 +25,7 @@ from marlrun.config import validate
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
 from marlrun.hardware import setup, torch_threads
+from marlrun.loggers import make_loggers
 from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
 from marlrun.runfolder import quoted
 
@@ -174,6 +175,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     remove_stale_temp_files(run_dir)  # this process owns the folder: a temporary file is a dead writer's
     if not checkpoint:
         save_resolved_config(cfg, run_dir)
+    loggers = make_loggers(cfg, run_dir)  # each checked now (installed, tracking store usable): one line, before anything is built
 
     seed_everything(cfg.seed)
     with out_of_memory_is_a_user_error(cfg):
@@ -181,6 +183,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
     eval_env = None
     writer = None
+    summary = None
     try:
         check_compatible(algo_cls, env.spec)
         with out_of_memory_is_a_user_error(cfg):
@@ -208,7 +211,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
             wall_before = checkpoint["wall_time"]
             torch.set_rng_state(checkpoint["torch_rng"])
             console.print(f"[bold]resuming[/] {run_dir} from env step {env_steps:,}")
-        writer = MetricWriter(run_dir, resume_step=env_steps if checkpoint else None)
+        writer = MetricWriter(run_dir, resume_step=env_steps if checkpoint else None, loggers=loggers)
 
         ep_return = torch.zeros(E, env.spec.n_agents, device=device)
         ep_length = torch.zeros(E, device=device)
@@ -344,7 +347,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
                         "Lower algo.lr or check the reward scale") from None
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(failed=summary is None)  # the trackers mark a run that ended in an error as failed
         env.close()
         if eval_env is not None:
             eval_env.close()

@@ -30,6 +30,13 @@ class SweepRecorder(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dirs.append(Path(str(config.hydra.sweep.dir)).resolve())
+        sweeper = config.hydra.sweeper
+        metric = str(config.get("objective", {}).get("metric", ""))
+        if "optuna" in str(sweeper.get("_target_", "")).lower() and str(sweeper.get("direction")).endswith("minimize") and "return" in metric:
+            from marlrun.runner import console
+
+            console.print(f"[yellow]hydra.sweeper.direction is minimize: Optuna will look for the lowest {metric}; "
+                          "hydra.sweeper.direction=maximize looks for the highest")
 
 
 def parallel_jobs(hydra_cfg) -> int:
@@ -79,14 +86,18 @@ def grid(sweep_dir: Path) -> list[list[str]] | None:
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict]:
-    """Each job's number, overrides, status and final evaluation return, in job order: every job of the grid, with
-    the ones that never got a folder (a launcher that stopped before them) as never started."""
+    """Each job's number, overrides, status, final evaluation return and objective (marlrun/search.py), in job order:
+    every job of the grid, with the ones that never got a folder (a launcher that stopped before them) as never
+    started."""
+    from marlrun.search import run_objective
+
     jobs = []
     expected = grid(sweep_dir) or []
     for number, overrides in enumerate(expected):
         if not (sweep_dir / str(number) / ".hydra").is_dir():
             jobs.append({"job": str(number), "overrides": overrides, "status": NEVER_STARTED, "final_eval_return": None,
-                         "wall_time_s": None, "run_dir": str((sweep_dir / str(number)).resolve())})
+                         "wall_time_s": None, "objective": None, "objective_missing": NEVER_STARTED,
+                         "run_dir": str((sweep_dir / str(number)).resolve())})
     for folder in sweep_dir.iterdir():
         if not (folder / ".hydra").is_dir():
             continue
@@ -97,12 +108,17 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
             summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         except json.JSONDecodeError:
             summary = {}
+        value, missing, spec = run_objective(folder)
         jobs.append({
             "job": folder.name,
             "overrides": list(overrides or []),
             "status": summary.get("status", NO_SUMMARY),
             "final_eval_return": summary.get("final_eval_return"),
             "wall_time_s": summary.get("wall_time_s"),
+            "objective": value,
+            "objective_missing": missing,
+            "objective_metric": spec["metric"],
+            "objective_aggregate": spec["aggregate"],
             "run_dir": str(folder.resolve()),
         })
     jobs.sort(key=lambda j: (not j["job"].isdigit(), int(j["job"]) if j["job"].isdigit() else 0, j["job"]))
@@ -112,9 +128,12 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
     return jobs
 
 
-def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
+def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
     """One job of a multirun: train, and record any failure in the job's folder instead of raising, so the launcher
-    goes on with the other jobs. ``state`` lives as long as the process (jobs a launcher runs in it one by one)."""
+    goes on with the other jobs. ``state`` lives as long as the process (jobs a launcher runs in it one by one).
+
+    Returns the run's objective (marlrun/search.py), the number a hyperparameter sweeper optimises; None when the job
+    failed or has no finite objective, which the Optuna sweeper records as a failed trial and goes on."""
     import gc
 
     import torch
@@ -124,17 +143,26 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
 
     from marlrun.runfolder import lock, release
 
+    from marlrun.search import run_objective
+
     if state.get("interrupted"):  # Ctrl-C or SIGTERM stopped an earlier job of this process: start no more
         record_failure(run_dir, "the sweep was interrupted before this job started", status="skipped")
-        return
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     if not lock(run_dir):
         record_failure(run_dir, "another marlrun process is using this job's folder")
-        return
+        return None
     try:
         summary = train(cfg, run_dir, parallel_jobs=parallel_jobs(hydra_cfg))
         if summary["status"].startswith("stopped"):
             state["interrupted"] = True
+            return None
+        value, missing, spec = run_objective(run_dir)
+        if missing and searching(hydra_cfg):
+            from marlrun.runner import console
+
+            console.print(f"[yellow]job {run_dir.name}: no objective ({spec['metric']}, {spec['aggregate']}): {missing}")
+        return value
     except UserError as exc:
         record_failure(run_dir, str(exc))
     except Exception as exc:  # a bug or a crash in this job: the traceback goes to its error.log
@@ -144,26 +172,73 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return None
+
+
+def searching(hydra_cfg) -> bool:
+    """Whether the sweeper uses the jobs' objectives (any but Hydra's basic grid sweeper)."""
+    from omegaconf import OmegaConf
+
+    target = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "")
+    return bool(target) and "BasicSweeper" not in target
 
 
 def summarize_sweep(sweep_dir: Path, console: Console) -> int:
-    """Print the jobs' outcomes, write them to ``sweep_summary.json``; returns how many did not finish."""
+    """Print the jobs' outcomes, write them to ``sweep_summary.json``; returns how many did not finish.
+
+    For a search (the Optuna sweeper) the table also shows each trial's objective and marks the best trial, whose
+    overrides are printed below it with the sweeper's own optimization_results.yaml; a job without a finite objective
+    is a failed trial (the sweeper recorded it as failed, not scored) and counts as not finished."""
+    from marlrun.search import RESULTS_FILE, best_job, optuna_settings
+
     jobs = job_outcomes(sweep_dir)
-    finished = [j for j in jobs if j["status"] == "finished"]
-    table = Table(title=f"sweep: {len(finished)} of {len(jobs)} jobs finished")
-    for column in ("job", "overrides", "status", "final eval return", "wall s"):
-        table.add_column(column, overflow="fold", justify="right" if column in ("final eval return", "wall s") else "left")
+    search = optuna_settings(sweep_dir)
+    if search is None:
+        done = [j for j in jobs if j["status"] == "finished"]
+        title = f"sweep: {len(done)} of {len(jobs)} jobs finished"
+    else:
+        done = [j for j in jobs if j["objective"] is not None]
+        best = best_job(jobs, search["direction"])
+        for j in jobs:
+            j["trial"] = "scored" if j["objective"] is not None else "failed"
+            j["best"] = j is best
+        named = next((j for j in jobs if j.get("objective_metric")), {"objective_metric": "?", "objective_aggregate": "?"})
+        what = named["objective_metric"] if "/" not in named["objective_metric"] else f"{named['objective_metric']} ({named['objective_aggregate']})"
+        title = f"optuna search: {len(done)} of {len(jobs)} trials scored; objective {what}, {search['direction']}"
+    columns = ["job", "overrides", "status", "final eval return", *(["objective"] if search else []), "wall s"]
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column in ("final eval return", "objective", "wall s") else "left")
     for j in jobs:
-        style = "green" if j["status"] == "finished" else "red"
+        style = "green" if j in done else "red"
         ret = "-" if j["final_eval_return"] is None else f"{j['final_eval_return']:.3f}"
         wall = "-" if j["wall_time_s"] is None else f"{j['wall_time_s']:.0f}"
-        table.add_row(j["job"], j["swept"], f"[{style}]{j['status']}", ret, wall)
+        cells = [j["job"], j["swept"], f"[{style}]{j['status']}", ret]
+        if search:
+            cells.append("failed trial" if j["objective"] is None else f"[bold green]{j['objective']:.4g} best" if j["best"] else f"{j['objective']:.4g}")
+        table.add_row(*cells, wall)
     console.print(table)
     write_json(sweep_dir / SWEEP_SUMMARY_FILE, jobs)
-    failed = len(jobs) - len(finished)
+    failed = len(jobs) - len(done)
     for j in jobs:
+        if j in done:
+            continue
         if j["status"] != "finished":
-            console.print(f"[red]job {j['job']}[/] ({j['swept']}): {j['status']}  [dim]{j['run_dir']}")
+            why = j["status"]
+        else:
+            why = f"finished, but no objective: {j['objective_missing']}"
+        trial = " (a failed trial: not scored)" if search else ""
+        console.print(f"[red]job {j['job']}[/] ({j['swept']}): {why}{trial}  [dim]{j['run_dir']}")
+    if search:
+        if best is None:
+            console.print("[red]no trial was scored[/]: the search has no best trial")
+        else:
+            overrides = best["swept"] or " ".join(best["overrides"])  # what sets it apart from the other trials
+            console.print(f"[bold green]best trial[/]: job {best['job']} ({overrides}): objective {best['objective']:.6g}  [dim]{best['run_dir']}")
+        results = search["results"]
+        if isinstance(results, dict) and "best_params" in results:
+            params = " ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items())
+            console.print(f"Optuna's best: {params}: {results.get('best_value')}  [dim]{sweep_dir / RESULTS_FILE}")
     console.print(f"folders: {sweep_dir}   compare them: marlrun report {sweep_dir}")
     return failed
 
