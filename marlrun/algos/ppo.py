@@ -390,9 +390,10 @@ class PPO(Algorithm):
         obs, next_obs = field("obs").flatten(0, 1), field("next_obs").flatten(0, 1)  # [T * E, A, ...]
         state = field("state").flatten(0, 1) if self.central else None
         next_state = field("next_state").flatten(0, 1) if self.central else None
+        per_agent = {key: field(key) for key in ("reward", "terminated", "ended", "alive")}  # [T, E, A], stacked once for every team
         metrics: dict[str, list[torch.Tensor]] = {}
         for k, team in enumerate(self.learners):
-            pick = lambda key: field(key)[:, :, team.agents]  # noqa: E731  [T, E, n]
+            pick = lambda key: per_agent[key][:, :, team.agents]  # noqa: E731  [T, E, n]
             own, next_own = self.own_input(team, obs), self.own_input(team, next_obs)  # [T * E, n, F]
             raw = torch.stack([s["raw"][k] for s in steps])  # [T, S, N_E, ...]
             logp_old = torch.stack([s["logp"][k] for s in steps])  # [T, S, N_E]
