@@ -242,6 +242,9 @@ class SuperDDQNConfig:
 CRITICS = ("maddpg", "ddpg")
 
 
+CONTINUOUS_POLICIES = ("noise", "gumbel")
+
+
 @dataclass
 class MADDPGConfig:
     """MADDPG (Lowe et al., 2017). Defaults are the reference settings (openai/maddpg) for the MPE games."""
@@ -264,8 +267,11 @@ class MADDPGConfig:
     gumbel_temperature: float = 1.0  # discrete actions: Gumbel-softmax temperature
     gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones
     noise_std: float = 0.1  # continuous actions: exploration noise, as a fraction of the action range
+    continuous_policy: str = "noise"  # continuous actions: gumbel (the soft Gumbel-softmax sample is the action, openai's) | noise
 
     def __post_init__(self) -> None:
+        _require(self.continuous_policy in CONTINUOUS_POLICIES, "algo.continuous_policy",
+                 f"unknown policy '{self.continuous_policy}'; pick one of {', '.join(CONTINUOUS_POLICIES)}")
         _require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
         for key in ("actor_lr", "critic_lr", "max_grad_norm", "gumbel_temperature"):
             _require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")

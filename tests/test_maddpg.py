@@ -230,3 +230,58 @@ def test_update_rounds_follow_the_update_interval_after_learning_starts():
         rounds.append(algo.gradient_steps)
     assert rounds[-1] == 9  # at 200, 300, ..., 1000
     assert (rounds[48], rounds[49]) == (0, 1)  # env step 196: 196 transitions, too few; 200: the first round
+
+
+# ---------------------------------------------------------------------------- continuous_policy=gumbel (openai's semantics)
+def test_gumbel_policy_acts_with_the_soft_sample_itself():
+    algo = make_algo(continuous=True, continuous_policy="gumbel")
+    obs = random_batch(algo, B=256)["obs"]
+    state = algo.generator.get_state()
+    actions = algo.act(obs, 0)
+    algo.generator.set_state(state)  # replay the same noise for the reference
+    with torch.no_grad():
+        for group, actor in zip(algo.groups, algo.actors):
+            logits = actor(algo.own_obs(group, obs))
+            soft = gumbel_softmax(logits, 1.0, hard=False, generator=algo.generator).transpose(0, 1)
+            torch.testing.assert_close(actions[:, group.agents], soft)
+            torch.testing.assert_close(algo.act(obs, 0, greedy=True)[:, group.agents], torch.softmax(logits, -1).transpose(0, 1))
+    torch.testing.assert_close(actions.sum(-1), torch.ones(256, 3))
+    assert ((actions > 0.01) & (actions < 0.99)).float().mean() > 0.5  # graded, not a one-hot of the sample's argmax
+
+
+def test_gumbel_policy_moves_the_agent_by_the_soft_sample_in_mpe2():
+    from marlrun.envs.simple_adversary import make_simple_adversary
+
+    env = make_simple_adversary(1, 0, 0, continuous_actions=True, N=2, max_cycles=25, success_radius=0.16)
+    obs = env.reset()
+    action = torch.zeros(1, 3, 5)
+    action[0, 0] = torch.tensor([0.1, 0.1, 0.5, 0.2, 0.1])  # a soft sample: right 0.4 net, up -0.1 net
+    first = env.step(action).next_obs
+    second = env.step(torch.zeros(1, 3, 5)).next_obs
+    moved = -(second[0, 0, 0:2] - first[0, 0, 0:2])  # the adversary's own displacement (landmarks stay still)
+    # mpe2 moves an agent from rest to velocity (a2 - a1, a4 - a3) x sensitivity 5 x dt (0.1), which moves it by
+    # velocity x dt in the next step (it updates positions before velocities)
+    torch.testing.assert_close(moved, torch.tensor([0.4, -0.1]) * 5 * 0.01, atol=1e-5, rtol=0)
+    torch.testing.assert_close(first[0, 0], obs[0, 0])
+    env.close()
+
+
+def test_gumbel_policy_gradient_reaches_the_actor_through_the_soft_sample():
+    algo = make_algo(continuous=True, continuous_policy="gumbel")
+    batch = random_batch(algo)
+    algo.actor_losses(batch).sum().backward()
+    for actor in algo.actors:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+    logits = torch.randn(2, 64, 5, requires_grad=True)
+    action = algo.policy(logits)
+    assert ((action > 0) & (action < 1)).all()  # soft in the update too
+    (action * torch.arange(5.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_unknown_continuous_policy_is_a_clear_error():
+    from marlrun.config import MADDPGConfig
+    from marlrun.errors import UserError
+
+    with pytest.raises(UserError, match="continuous_policy"):
+        MADDPGConfig(continuous_policy="softmax")

@@ -13,8 +13,15 @@ Every ``update_interval`` env steps, on one minibatch from the joint replay:
 Discrete actions: mu_i(o_i) is a Gumbel-softmax sample of the actor's logits
 (soft as in the reference, or a hard one-hot with the straight-through
 gradient). The environment gets the index of the sample while exploring and of
-the largest logit when greedy; replay stores its one-hot. Continuous actions: a
-sigmoid scaled to the action bounds, plus Gaussian noise while exploring.
+the largest logit when greedy; replay stores its one-hot. Continuous actions,
+``continuous_policy``:
+
+    gumbel  the soft Gumbel-softmax sample itself is the physical action, as in
+            openai's MADDPG on its particle worlds: mpe2 moves an agent by
+            (a_2 - a_1, a_4 - a_3) x sensitivity, so the soft sample gives graded
+            moves; greedy acting takes softmax(logits) without noise
+    noise   a sigmoid scaled to the action bounds, plus Gaussian noise while
+            exploring
 
 Agents with the same observation size and critic kind form a group whose
 actors (and critics) are one batched module with a weight set per agent;
@@ -71,7 +78,8 @@ class MADDPG(Algorithm):
     def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "maddpg",
                  critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
                  batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float,
-                 hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float):
+                 hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float,
+                 continuous_policy: str = "noise"):
         self.spec, self.device = spec, device
         self.n_agents = A = spec.n_agents
         self.n_actions = K = spec.n_actions
@@ -80,6 +88,10 @@ class MADDPG(Algorithm):
         self.update_interval, self.max_grad_norm, self.actor_reg = update_interval, max_grad_norm, actor_reg
         self.gumbel_temperature, self.gumbel_hard, self.noise_std = gumbel_temperature, gumbel_hard, noise_std
         self.low, self.high = spec.action_bounds
+        self.gumbel_actions = not self.discrete and continuous_policy == "gumbel"
+        if self.gumbel_actions and (self.low, self.high) != (0.0, 1.0):
+            raise UserError(f"algo.continuous_policy=gumbel: env={spec.name}'s actions lie in [{self.low}, {self.high}], not the "
+                            "[0, 1] of a softmax; use algo.continuous_policy=noise")
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.autocast = lambda: autocast(device, precision)  # the updates' matmuls; Q values and logits come out fp32
 
@@ -136,6 +148,8 @@ class MADDPG(Algorithm):
         """The differentiable action mu(o) used in the updates."""
         if self.discrete:
             return gumbel_softmax(logits, self.gumbel_temperature, self.gumbel_hard, self.generator)
+        if self.gumbel_actions:  # the soft sample is the physical action
+            return gumbel_softmax(logits, self.gumbel_temperature, False, self.generator)
         return self.low + (self.high - self.low) * torch.sigmoid(logits)
 
     def to_vector(self, actions: torch.Tensor) -> torch.Tensor:
@@ -155,6 +169,9 @@ class MADDPG(Algorithm):
                 if not greedy:  # argmax(logits + Gumbel noise) is a sample of softmax(logits)
                     logits = logits + gumbel_noise(logits, self.generator)
                 out[:, group.agents] = logits.argmax(-1).T
+            elif self.gumbel_actions:
+                action = torch.softmax(logits, -1) if greedy else self.policy(logits)
+                out[:, group.agents] = action.transpose(0, 1)
             else:
                 action = self.policy(logits)
                 if not greedy:
