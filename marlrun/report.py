@@ -10,8 +10,13 @@
 4. statistics per run on a metric's (step, value) series: final value, AUC (area under the curve over the step
    span: the mean value over training) and the first step at which the value reaches a threshold; per group the
    mean of each and a 95% percentile bootstrap confidence interval over seeds;
-5. output: a table on the console, ``report.csv`` (one row per group and metric), ``runs.csv`` (one row per run and
-   metric) and one ``curves_<metric>.png`` per metric with each group's mean curve and 95% bootstrap band.
+5. the statistics the evaluation literature asks for (Agarwal et al., 2021), computed by ``rliable``
+   (``marlrun/reliable.py``): each group's interquartile mean of the final values and of the AUCs with stratified
+   bootstrap intervals; P(A > B) for the pairs named with ``--compare A B``; and the first metric's performance
+   profile (the fraction of each group's runs whose final value exceeds tau);
+6. output: a table on the console, ``report.csv`` (one row per group and metric), ``runs.csv`` (one row per run and
+   metric), one ``curves_<metric>.png`` per metric with each group's mean curve and 95% bootstrap band,
+   ``improvement.csv`` (the compared pairs), ``profile.csv`` and ``profile_<metric>.png``.
 """
 
 from __future__ import annotations
@@ -107,6 +112,18 @@ class GroupStats:
     auc: Estimate | None
     steps: Estimate | None  # over the runs that reached the threshold
     reached: int
+    iqm_final: Any = None  # reliable.Interval: interquartile mean of the final values (rliable)
+    iqm_auc: Any = None
+
+
+@dataclass
+class Comparison:
+    """P(a run of group ``a`` beats a run of group ``b``) on one metric's final values and AUCs (rliable)."""
+
+    a: str
+    b: str
+    final: Any  # reliable.Interval | None
+    auc: Any
 
 
 @dataclass
@@ -119,6 +136,7 @@ class MetricReport:
     runs: dict[Path, RunStats]  # runs that logged the metric
     excluded: dict[Path, str]  # run -> why it is not in the statistics
     groups: list[GroupStats]
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- small statistics
@@ -494,6 +512,32 @@ def analyse(groups: Sequence[Group], metric: str, threshold: float | None = None
     return MetricReport(metric, threshold, note, stats, excluded, summaries)
 
 
+def add_reliable_statistics(report: MetricReport, compare: Sequence[tuple[str, str]], reps: int, seed: int) -> None:
+    """Each group's IQM of final values and AUCs, and P(A > B) for the ``compare`` pairs (labels), with rliable."""
+    from marlrun import reliable
+
+    def scores(g: GroupStats) -> tuple[list[float], list[float]]:
+        return [report.runs[r.path].final for r in g.included], [report.runs[r.path].auc for r in g.included]
+
+    by_label = {g.group.label: g for g in report.groups}
+    for g in report.groups:
+        finals, aucs = scores(g)
+        g.iqm_final, g.iqm_auc = reliable.iqm(finals, reps, seed), reliable.iqm(aucs, reps, seed)
+    for a, b in compare:
+        (fa, aa), (fb, ab) = scores(by_label[a]), scores(by_label[b])
+        report.comparisons.append(Comparison(a, b, reliable.probability_of_improvement(fa, fb, reps, seed),
+                                             reliable.probability_of_improvement(aa, ab, reps, seed)))
+
+
+def profiles(report: MetricReport, reps: int, seed: int) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The performance profile of each group's final values (rliable): taus, and label -> (fraction, low, high)."""
+    from marlrun import reliable
+
+    finals = {g.group.label: [report.runs[r.path].final for r in g.included] for g in report.groups if g.included}
+    taus = reliable.profile_taus([v for values in finals.values() for v in values])
+    return taus, {label: reliable.performance_profile(values, taus, reps, seed) for label, values in finals.items()}
+
+
 def mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int,
                level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean curve of a group's runs and a percentile bootstrap band (resampling runs) at each step.
@@ -549,7 +593,8 @@ def results_table(report: MetricReport) -> Table:
     table = Table(title=Text(f"{report.metric}: {len(report.groups)} group(s), {n_runs} run(s) in the statistics"),
                   caption=Text(report.threshold_note), caption_justify="left")
     for name, justify in [("group", "left"), ("runs", "right"), ("final mean [95% CI]", "right"),
-                          ("AUC mean [95% CI]", "right"), ("steps to threshold [95% CI]", "right"), ("reached", "right")]:
+                          ("AUC mean [95% CI]", "right"), ("steps to threshold [95% CI]", "right"), ("reached", "right"),
+                          ("final IQM [95% CI]", "right"), ("AUC IQM [95% CI]", "right")]:
         table.add_column(name, justify=justify, overflow="fold")
     finals = [g.final.mean for g in report.groups if g.final is not None]
     best = max(finals) if len(finals) > 1 else None
@@ -558,7 +603,22 @@ def results_table(report: MetricReport) -> Table:
         steps = _with_ci(g.steps, lambda x: f"{x:,.0f}")
         final = Text(_with_ci(g.final), style="bold" if g.final is not None and g.final.mean == best else "")
         table.add_row(Text(g.group.label), str(n) if n == total else f"{n} of {total}", final, _with_ci(g.auc), steps,
-                      f"{g.reached}/{n}" if report.threshold is not None and n else "-")
+                      f"{g.reached}/{n}" if report.threshold is not None and n else "-", _with_interval(g.iqm_final),
+                      _with_interval(g.iqm_auc))
+    return table
+
+
+def _with_interval(i) -> str:
+    return "-" if i is None else f"{fmt(i.value)}\n[{fmt(i.low)}, {fmt(i.high)}]"
+
+
+def comparisons_table(report: MetricReport) -> Table:
+    """P(A > B) of each compared pair on one metric."""
+    table = Table(title=Text(f"{report.metric}: probability of improvement P(A > B) [95% CI]"))
+    for name in ("A", "B", "P(A > B), final", "P(A > B), AUC"):
+        table.add_column(name, justify="left" if name in "AB" else "right", overflow="fold")
+    for c in report.comparisons:
+        table.add_row(Text(c.a), Text(c.b), _with_interval(c.final), _with_interval(c.auc))
     return table
 
 
@@ -596,16 +656,39 @@ def write_report_csv(path: Path, groups: Sequence[Group], reports: Sequence[Metr
     keys = list(groups[0].values) if groups else []
     stat_columns = ["final_mean", "final_ci_low", "final_ci_high", "auc_mean", "auc_ci_low", "auc_ci_high",
                     "steps_to_threshold_mean", "steps_to_threshold_ci_low", "steps_to_threshold_ci_high"]
+    iqm_columns = ["final_iqm", "final_iqm_ci_low", "final_iqm_ci_high", "auc_iqm", "auc_iqm_ci_low", "auc_iqm_ci_high"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", *keys, "metric", "runs", "runs_total", *stat_columns, "reached", "threshold"])
+        writer.writerow(["group", *keys, "metric", "runs", "runs_total", *stat_columns, "reached", "threshold", *iqm_columns])
         for report in reports:
             for g in report.groups:
                 values = [format_value(g.group.values[k]) if k in g.group.values else "" for k in keys]
                 stats = [x for e in (g.final, g.auc, g.steps) for x in ((e.mean, e.low, e.high) if e else (None,) * 3)]
+                iqms = [x for i in (g.iqm_final, g.iqm_auc) for x in ((i.value, i.low, i.high) if i else (None,) * 3)]
                 writer.writerow([g.group.label, *values, report.metric, len(g.included), len(g.group.runs),
                                  *map(_cell, stats), g.reached if report.threshold is not None else "",
-                                 _cell(report.threshold)])
+                                 _cell(report.threshold), *map(_cell, iqms)])
+
+
+def write_improvement_csv(path: Path, reports: Sequence[MetricReport]) -> None:
+    """One row per metric, compared pair and statistic: P(A > B) and its interval."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "a", "b", "statistic", "p_a_beats_b", "ci_low", "ci_high"])
+        for report in reports:
+            for c in report.comparisons:
+                for name, i in (("final", c.final), ("auc", c.auc)):
+                    writer.writerow([report.metric, c.a, c.b, name, *((i.value, i.low, i.high) if i else ("", "", ""))])
+
+
+def write_profile_csv(path: Path, metric: str, taus: np.ndarray, curves: dict) -> None:
+    """One row per group and tau: the fraction of the group's runs whose final value exceeds tau, and its band."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "group", "tau", "fraction_above", "ci_low", "ci_high"])
+        for label, (fraction, low, high) in curves.items():
+            for row in zip(taus, fraction, low, high):
+                writer.writerow([metric, label, *(float(x) for x in row)])
 
 
 def write_runs_csv(path: Path, groups: Sequence[Group], reports: Sequence[MetricReport]) -> None:
@@ -658,6 +741,31 @@ def plot_curves(path: Path, report: MetricReport, n_boot: int, seed: int) -> Non
         plt.close(fig)
 
 
+def plot_profile(path: Path, metric: str, taus: np.ndarray, curves: dict) -> None:
+    """Performance profiles: the fraction of each group's runs whose final value exceeds tau, with 95% bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    try:
+        colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+        for i, (label, (fraction, low, high)) in enumerate(curves.items()):
+            color = colors[i % len(colors)]
+            ax.plot(taus, fraction, color=color, label=label)
+            ax.fill_between(taus, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel(f"tau (final {metric})")
+        ax.set_ylabel("fraction of runs with final value > tau")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"performance profile of {metric} (rliable), shaded 95% bootstrap band")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
 # ---------------------------------------------------------------------------- command line
 def _positive_int(text: str) -> int:
     try:
@@ -700,8 +808,26 @@ def parser() -> argparse.ArgumentParser:
                         f"Always ignored: {', '.join(BOOKKEEPING_KEYS)}")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for report.csv, runs.csv and curves_*.png (default: DIR/report for one DIR, else ./report)")
+    p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="two groups (a label as the table shows it, or a part of one that names a single group): "
+                        "report P(a run of A beats a run of B) on every metric, with its interval; repeatable")
+    p.add_argument("--rliable-reps", type=_positive_int, default=2_000, metavar="N",
+                   help="stratified bootstrap resamples for the IQM, P(A > B) and profile intervals (rliable; "
+                        "default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
+
+
+def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group]) -> list[tuple[str, str]]:
+    """``--compare A B`` pairs as group labels; UserError for a name that names no group or several."""
+    from marlrun.reliable import resolve_group
+
+    labels = [g.label for g in groups]
+    resolved = [(resolve_group(a, labels), resolve_group(b, labels)) for a, b in pairs]
+    for a, b in resolved:
+        if a == b:
+            raise UserError(f"--compare: both names give the group {a!r}; compare two different groups")
+    return resolved
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -722,6 +848,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     runs = load_runs(args.dirs)
     groups = group_runs(runs, args.ignore)
     metrics = choose_metrics(runs, args.metric)
+    compare = resolve_pairs(args.compare, groups)
     reports = [analyse(groups, metric, args.threshold if i == 0 else None, args.include_partial, args.bootstrap, args.seed)
                for i, metric in enumerate(metrics)]
     labels = {run.path: g.label for g in groups for run in g.runs}
@@ -736,10 +863,15 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                         f"{reports[0].metric}{hint}")
 
     for report in reports:
+        add_reliable_statistics(report, compare, args.rliable_reps, args.seed)
         console.print(results_table(report))
+        if report.comparisons:
+            console.print(comparisons_table(report))
     console.print(Text("\n".join([  # what the columns mean, once
         "final: last logged value; AUC: area under the curve / step span (mean value over training); "
         "steps to threshold: mean over the runs that reached it",
+        "IQM: interquartile mean over runs; P(A > B): probability that a run of A beats a run of B (ties a half); "
+        f"their [95% CI] and the profile's bands: rliable's stratified bootstrap ({args.rliable_reps:,} resamples)",
         f"[95% CI]: percentile bootstrap over seeds ({args.bootstrap:,} resamples, --seed {args.seed}); "
         + ("partial runs included (--include-partial)" if args.include_partial
            else "partial runs (fewer than total_steps) excluded; --include-partial includes them"),
@@ -752,10 +884,18 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     try:
         write_report_csv(written[0], groups, reports)
         write_runs_csv(written[1], groups, reports)
+        if compare:
+            written.append(out / "improvement.csv")
+            write_improvement_csv(written[-1], reports)
+        taus, curves = profiles(reports[0], args.rliable_reps, args.seed)
+        written.append(out / "profile.csv")
+        write_profile_csv(written[-1], reports[0].metric, taus, curves)
         if not args.no_plots:
             for report in reports:
                 written.append(out / plot_file(report.metric))
                 plot_curves(written[-1], report, args.bootstrap, args.seed)
+            written.append(out / ("profile_" + plot_file(reports[0].metric).removeprefix("curves_")))
+            plot_profile(written[-1], reports[0].metric, taus, curves)
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or out} ({exc.strerror}); choose another folder with --out DIR") from None
     console.print(Text.assemble(("report written to ", "bold"), (str(out), "bold"), ": " + ", ".join(p.name for p in written)))

@@ -16,7 +16,7 @@ TOTAL = 1000
 STEPS = np.arange(100, TOTAL + 1, 100)  # a log record every 100 env steps, like log_interval=100
 EVAL_EVERY = 2  # eval/episode_return at every second record (and the last)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FAST = ["--bootstrap", "500", "--no-plots"]
+FAST = ["--bootstrap", "500", "--rliable-reps", "200", "--no-plots"]
 
 
 def curve(sharing: str, seed: int, steps=STEPS) -> np.ndarray:
@@ -383,3 +383,88 @@ def test_argparse_mistakes_exit_with_code_2(sweep, capsys):
             report.main(argv)
         assert exc.value.code == 2
     assert "marlrun report" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- rliable: IQM, P(A > B), profiles
+def test_iqm_of_a_known_set_ignores_the_outer_quartiles():
+    from marlrun import reliable
+
+    eight = reliable.iqm([1, 2, 3, 4, 5, 6, 7, 8], reps=500, seed=0)
+    assert eight.value == pytest.approx(4.5)  # mean of the middle half: 3, 4, 5, 6
+    assert reliable.iqm([1, 2, 3, 4, 5, 6, 7, 1000], reps=500, seed=0).value == pytest.approx(4.5)  # an outlying seed
+    assert 1 <= eight.low <= eight.value <= eight.high <= 8
+    assert reliable.iqm([], reps=500, seed=0) is None
+
+
+def test_probability_of_improvement_of_two_known_sets():
+    from marlrun import reliable
+
+    # pairs (x in A, y in B) with x > y: 1 + 2 + 3 + 4 = 10, ties x = y: 3 (a half each): (10 + 1.5) / 16
+    p = reliable.probability_of_improvement([1, 2, 3, 4], [0, 1, 2, 3], reps=500, seed=0)
+    assert p.value == pytest.approx(11.5 / 16)
+    assert 0 <= p.low <= p.value <= p.high <= 1
+    assert reliable.probability_of_improvement([5, 6, 7], [1, 2, 3], reps=500, seed=0).value == 1.0
+    assert reliable.probability_of_improvement([1, 2, 3], [5, 6, 7], reps=500, seed=0).value == 0.0
+    assert reliable.probability_of_improvement([1, 2], [1, 2], reps=500, seed=0).value == 0.5
+
+
+def test_performance_profile_points_are_the_fraction_of_runs_above_tau():
+    from marlrun import reliable
+
+    fraction, low, high = reliable.performance_profile([1, 2, 3, 4], np.array([0.5, 2.5, 3.5, 4.0]), reps=500, seed=0)
+    np.testing.assert_allclose(fraction, [1.0, 0.5, 0.25, 0.0])
+    assert (low <= fraction + 1e-12).all() and (fraction <= high + 1e-12).all()
+    assert reliable.profile_taus([1, 2, 3, 4])[0] < 1 and reliable.profile_taus([1, 2, 3, 4])[-1] == 4
+
+
+def test_rliable_intervals_are_seeded_and_leave_numpys_global_rng_alone():
+    from marlrun import reliable
+
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    a, b = (reliable.iqm([10.0, 22.0, 32.0, 5.0], reps=300, seed=s) for s in (0, 0))
+    assert a == b
+    assert np.random.rand() == expected
+
+
+def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
+    from marlrun import reliable
+
+    out = tmp_path / "out"
+    text = run_report([sweep, "--out", out, "--bootstrap", 300, "--rliable-reps", 300,
+                       "--compare", "quantile", "none", "--compare", "algo.sharing=none", "algo.sharing=quantile"])
+    rows = read_csv(out / "report.csv")
+    for row, sharing in zip(rows, ("none", "quantile")):
+        finals = [eval_series(sharing, seed)[1][-1] for seed in range(3)]
+        aucs = [np.trapezoid(v, s) / (s[-1] - s[0]) for s, v in (eval_series(sharing, seed) for seed in range(3))]
+        assert float(row["final_iqm"]) == pytest.approx(reliable.iqm(finals, 300, 0).value)
+        assert float(row["auc_iqm"]) == pytest.approx(np.mean(aucs))  # three runs: the IQM keeps all of them
+        assert float(row["final_iqm_ci_low"]) <= float(row["final_iqm"]) <= float(row["final_iqm_ci_high"])
+    better = read_csv(out / "improvement.csv")
+    assert [(r["a"], r["b"], r["statistic"], float(r["p_a_beats_b"])) for r in better] == [
+        ("algo.sharing=quantile", "algo.sharing=none", "final", 1.0), ("algo.sharing=quantile", "algo.sharing=none", "auc", 1.0),
+        ("algo.sharing=none", "algo.sharing=quantile", "final", 0.0), ("algo.sharing=none", "algo.sharing=quantile", "auc", 0.0)]
+    profile = read_csv(out / "profile.csv")
+    assert {r["group"] for r in profile} == {"algo.sharing=none", "algo.sharing=quantile"}
+    none = [r for r in profile if r["group"] == "algo.sharing=none"]
+    finals = np.array([eval_series("none", seed)[1][-1] for seed in range(3)])
+    for r in none:
+        assert float(r["fraction_above"]) == pytest.approx(np.mean(finals > float(r["tau"])))
+    assert (out / "profile_eval_episode_return.png").read_bytes().startswith(PNG_MAGIC)
+    assert "final IQM" in text and "P(A > B)" in text
+
+
+def test_compare_names_an_unknown_or_ambiguous_group_with_one_clear_error(sweep, tmp_path):
+    with pytest.raises(UserError, match=r"no group is named 'gaussian'; the groups are: 'algo.sharing=none'; 'algo.sharing=quantile'"):
+        report.main([str(sweep), "--compare", "quantile", "gaussian", *FAST])
+    with pytest.raises(UserError, match="names 2 groups"):
+        report.main([str(sweep), "--compare", "algo.sharing", "none", *FAST])
+    with pytest.raises(UserError, match="compare two different groups"):
+        report.main([str(sweep), "--compare", "none", "algo.sharing=none", *FAST])
+    assert not (sweep / "report").exists()  # nothing written before the mistake is found
+    from conftest import run_cli
+
+    result = run_cli("report", str(sweep), "--compare", "quantile", "gaussian", "--no-plots")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "no group is named 'gaussian'" in result.stderr
