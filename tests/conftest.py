@@ -9,6 +9,28 @@ from hydra.core.global_hydra import GlobalHydra
 
 from marlrun.config import register_configs
 
+
+def _pin_xdist_worker_to_one_core() -> None:
+    """Under pytest-xdist (`pytest -n auto`, the README's test command), each worker runs on a core of its own, and so do
+    the `marlrun` processes its tests start (the affinity is inherited): hardware=auto then gives every run one torch
+    thread, and two workers never oversubscribe the cores (OpenMP's busy-waiting would make them ten times slower)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if len(cores) < workers:
+        return
+    index = int(worker[2:])
+    share = len(cores) // workers
+    os.sched_setaffinity(0, set(cores[index * share:(index + 1) * share]))
+    import torch
+
+    torch.set_num_threads(share)
+
+
+_pin_xdist_worker_to_one_core()
+
 # A pursuit small enough that a CPU test trains on it in seconds.
 SMALL_PURSUIT = [
     "env.x_size=8", "env.y_size=8", "env.n_pursuers=2", "env.n_evaders=3", "env.max_cycles=50",

@@ -196,7 +196,7 @@ def _holder_of(lock_file: Path) -> int | None:
 def test_a_killed_joblib_worker_does_not_end_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                             *TINY, "total_steps=3000", "algo.sharing=none,all", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                             *TINY, "total_steps=2000", "algo.sharing=none,all", "seed=0", f"hydra.sweep.dir={sweep}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock_file = sweep / "1" / ".marlrun.lock"
     deadline = time.time() + 300
@@ -209,9 +209,9 @@ def test_a_killed_joblib_worker_does_not_end_the_sweep(tmp_path):
     os.kill(victim, signal.SIGKILL)
     out, _ = proc.communicate(timeout=900)
     jobs = json.loads((sweep / "sweep_summary.json").read_text())
-    assert [j["job"] for j in jobs] == ["0", "1", "2", "3"], out
+    assert [j["job"] for j in jobs] == ["0", "1"], out
     assert all(j["status"] == "finished" for j in jobs), out
     assert proc.returncode == 0, out
     assert "rerunning job 1" in out
-    for job in range(4):
-        assert [r["step"] for r in read_metrics(sweep / str(job))][-1] == 3000
+    for job in range(2):
+        assert [r["step"] for r in read_metrics(sweep / str(job))][-1] == 2000
