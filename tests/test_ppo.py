@@ -311,3 +311,15 @@ def test_shared_conv_torso_equals_the_weight_set_convolutions():
     with torch.no_grad():
         a, b = shared(x), sets(x.expand(2, -1, -1))
     assert a.shape == (1, 7, 3 * 3 * 6 + 2) and torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[0], b[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_conv_actor_updates_and_clips_its_gradients(compose_cfg, sharing):
+    """The actor's convolutions learn, shared (nn.Conv2d, no set dimension) or one weight set per agent."""
+    cfg, env, algo = build(compose_cfg, "algo=mappo", "algo.conv_channels=[4,4]", f"algo.parameter_sharing={sharing}",
+                           "algo.max_grad_norm=1e-3")
+    before = [p.detach().clone() for p in algo.actors[0].parameters()]
+    _, logs = play(env, algo, 8)
+    assert algo.updates == 1 and all(torch.isfinite(v) for v in logs[-1].values())
+    assert all(not torch.equal(a, b) for a, b in zip(before, algo.actors[0].parameters()))
+    env.close()

@@ -452,8 +452,11 @@ class PPO(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         actor_params = list(self.actors[k].parameters()) + ([self.log_stds[k]] if not self.discrete else [])
-        clip_grad_norm_per_set(actor_params, self.max_grad_norm)
-        clip_grad_norm_per_set(self.critics[k].parameters(), self.max_grad_norm)
+        for params in (actor_params, list(self.critics[k].parameters())):
+            if alive.shape[0] == 1:  # one shared set: its convolutions (nn.Conv2d) have no set dimension
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            else:
+                clip_grad_norm_per_set(params, self.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
             log_ratio = logp - mb["logp_old"]
