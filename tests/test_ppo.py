@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
@@ -322,4 +323,24 @@ def test_conv_actor_updates_and_clips_its_gradients(compose_cfg, sharing):
     _, logs = play(env, algo, 8)
     assert algo.updates == 1 and all(torch.isfinite(v) for v in logs[-1].values())
     assert all(not torch.equal(a, b) for a, b in zip(before, algo.actors[0].parameters()))
+    env.close()
+
+
+def test_battle_state_survives_a_wiped_out_team(compose_cfg, monkeypatch):
+    """magent2's state() fails once a team has no agents left; the adapter's state keeps the other team's channels."""
+    from marlrun.envs.battle import library_state
+
+    cfg, env, algo = build(compose_cfg, "algo=mappo", "env=battle", "env.map_size=12", "algo.random_teams=[blue]", num_envs=1)
+    env.reset()
+    battle = env.envs[0]
+    full = library_state(battle)
+    blue = battle._all_handles[1]
+    get_pos = battle.env.get_pos
+    monkeypatch.setattr(battle.env, "get_pos", lambda h: np.zeros((0, 2), dtype=np.int32) if h.value == blue.value else get_pos(h))
+    with pytest.raises(ValueError):
+        battle.state()  # the library's own
+    state = library_state(battle)
+    np.testing.assert_array_equal(state[..., 1:3], full[..., 1:3])  # red's presence and hp as before
+    assert not state[..., 3:5].any()  # blue's channels empty
+    assert battle._all_handles[1] is blue  # the env is left as it was
     env.close()

@@ -29,6 +29,21 @@ from marlrun.envs.vector import copy_seed
 TEAMS = ("red", "blue")
 
 
+def library_state(env) -> np.ndarray:
+    """magent2's ``state()`` of one battle, also once a team is wiped out: the library's own loop over the teams
+    unpacks each team's positions and fails on an empty one (magent2 0.3), so it is handed the teams that still have
+    agents; a wiped-out team's channels stay empty, as they should."""
+    handles = env._all_handles
+    present = [h for h in handles if len(env.env.get_pos(h))]
+    if len(present) == len(handles):
+        return env.state()
+    env._all_handles = present
+    try:
+        return env.state()
+    finally:
+        env._all_handles = handles
+
+
 def battle_spec(map_size: int, name: str = "battle", extra_features: bool = False, minimap_mode: bool = False) -> EnvSpec:
     env = battle_v4.parallel_env(map_size=map_size, minimap_mode=minimap_mode, extra_features=extra_features)
     agents = tuple(env.possible_agents)
@@ -164,7 +179,7 @@ class BattleVecEnv(VecEnv):
 
     def global_state(self) -> torch.Tensor:
         """[E, map, map, 5]: every copy's ``state()`` (the whole map as the library renders it for a critic)."""
-        return torch.as_tensor(np.stack([env.state() for env in self.envs]), device=self.device)
+        return torch.as_tensor(np.stack([library_state(env) for env in self.envs]), device=self.device)
 
 
     # ------------------------------------------------------------------ what mean-field algorithms read
