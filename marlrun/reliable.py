@@ -34,9 +34,10 @@ LEVEL = 0.95
 
 @dataclass
 class Interval:
-    """A point estimate and its bootstrap confidence interval."""
+    """A point estimate and its bootstrap confidence interval (the fields of ``report.Estimate``, so the report
+    formats both alike)."""
 
-    value: float
+    mean: float
     low: float
     high: float
 

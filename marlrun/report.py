@@ -603,13 +603,9 @@ def results_table(report: MetricReport) -> Table:
         steps = _with_ci(g.steps, lambda x: f"{x:,.0f}")
         final = Text(_with_ci(g.final), style="bold" if g.final is not None and g.final.mean == best else "")
         table.add_row(Text(g.group.label), str(n) if n == total else f"{n} of {total}", final, _with_ci(g.auc), steps,
-                      f"{g.reached}/{n}" if report.threshold is not None and n else "-", _with_interval(g.iqm_final),
-                      _with_interval(g.iqm_auc))
+                      f"{g.reached}/{n}" if report.threshold is not None and n else "-", _with_ci(g.iqm_final),
+                      _with_ci(g.iqm_auc))
     return table
-
-
-def _with_interval(i) -> str:
-    return "-" if i is None else f"{fmt(i.value)}\n[{fmt(i.low)}, {fmt(i.high)}]"
 
 
 def comparisons_table(report: MetricReport) -> Table:
@@ -618,7 +614,7 @@ def comparisons_table(report: MetricReport) -> Table:
     for name in ("A", "B", "P(A > B), final", "P(A > B), AUC"):
         table.add_column(name, justify="left" if name in "AB" else "right", overflow="fold")
     for c in report.comparisons:
-        table.add_row(Text(c.a), Text(c.b), _with_interval(c.final), _with_interval(c.auc))
+        table.add_row(Text(c.a), Text(c.b), _with_ci(c.final), _with_ci(c.auc))
     return table
 
 
@@ -664,7 +660,7 @@ def write_report_csv(path: Path, groups: Sequence[Group], reports: Sequence[Metr
             for g in report.groups:
                 values = [format_value(g.group.values[k]) if k in g.group.values else "" for k in keys]
                 stats = [x for e in (g.final, g.auc, g.steps) for x in ((e.mean, e.low, e.high) if e else (None,) * 3)]
-                iqms = [x for i in (g.iqm_final, g.iqm_auc) for x in ((i.value, i.low, i.high) if i else (None,) * 3)]
+                iqms = [x for e in (g.iqm_final, g.iqm_auc) for x in ((e.mean, e.low, e.high) if e else (None,) * 3)]
                 writer.writerow([g.group.label, *values, report.metric, len(g.included), len(g.group.runs),
                                  *map(_cell, stats), g.reached if report.threshold is not None else "",
                                  _cell(report.threshold), *map(_cell, iqms)])
@@ -678,7 +674,7 @@ def write_improvement_csv(path: Path, reports: Sequence[MetricReport]) -> None:
         for report in reports:
             for c in report.comparisons:
                 for name, i in (("final", c.final), ("auc", c.auc)):
-                    writer.writerow([report.metric, c.a, c.b, name, *((i.value, i.low, i.high) if i else ("", "", ""))])
+                    writer.writerow([report.metric, c.a, c.b, name, *((i.mean, i.low, i.high) if i else ("", "", ""))])
 
 
 def write_profile_csv(path: Path, metric: str, taus: np.ndarray, curves: dict) -> None:

@@ -390,9 +390,9 @@ def test_iqm_of_a_known_set_ignores_the_outer_quartiles():
     from marlrun import reliable
 
     eight = reliable.iqm([1, 2, 3, 4, 5, 6, 7, 8], reps=500, seed=0)
-    assert eight.value == pytest.approx(4.5)  # mean of the middle half: 3, 4, 5, 6
-    assert reliable.iqm([1, 2, 3, 4, 5, 6, 7, 1000], reps=500, seed=0).value == pytest.approx(4.5)  # an outlying seed
-    assert 1 <= eight.low <= eight.value <= eight.high <= 8
+    assert eight.mean == pytest.approx(4.5)  # mean of the middle half: 3, 4, 5, 6
+    assert reliable.iqm([1, 2, 3, 4, 5, 6, 7, 1000], reps=500, seed=0).mean == pytest.approx(4.5)  # an outlying seed
+    assert 1 <= eight.low <= eight.mean <= eight.high <= 8
     assert reliable.iqm([], reps=500, seed=0) is None
 
 
@@ -401,11 +401,11 @@ def test_probability_of_improvement_of_two_known_sets():
 
     # pairs (x in A, y in B) with x > y: 1 + 2 + 3 + 4 = 10, ties x = y: 3 (a half each): (10 + 1.5) / 16
     p = reliable.probability_of_improvement([1, 2, 3, 4], [0, 1, 2, 3], reps=500, seed=0)
-    assert p.value == pytest.approx(11.5 / 16)
-    assert 0 <= p.low <= p.value <= p.high <= 1
-    assert reliable.probability_of_improvement([5, 6, 7], [1, 2, 3], reps=500, seed=0).value == 1.0
-    assert reliable.probability_of_improvement([1, 2, 3], [5, 6, 7], reps=500, seed=0).value == 0.0
-    assert reliable.probability_of_improvement([1, 2], [1, 2], reps=500, seed=0).value == 0.5
+    assert p.mean == pytest.approx(11.5 / 16)
+    assert 0 <= p.low <= p.mean <= p.high <= 1
+    assert reliable.probability_of_improvement([5, 6, 7], [1, 2, 3], reps=500, seed=0).mean == 1.0
+    assert reliable.probability_of_improvement([1, 2, 3], [5, 6, 7], reps=500, seed=0).mean == 0.0
+    assert reliable.probability_of_improvement([1, 2], [1, 2], reps=500, seed=0).mean == 0.5
 
 
 def test_performance_profile_points_are_the_fraction_of_runs_above_tau():
@@ -438,7 +438,7 @@ def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
     for row, sharing in zip(rows, ("none", "quantile")):
         finals = [eval_series(sharing, seed)[1][-1] for seed in range(3)]
         aucs = [np.trapezoid(v, s) / (s[-1] - s[0]) for s, v in (eval_series(sharing, seed) for seed in range(3))]
-        assert float(row["final_iqm"]) == pytest.approx(reliable.iqm(finals, 300, 0).value)
+        assert float(row["final_iqm"]) == pytest.approx(reliable.iqm(finals, 300, 0).mean)
         assert float(row["auc_iqm"]) == pytest.approx(np.mean(aucs))  # three runs: the IQM keeps all of them
         assert float(row["final_iqm_ci_low"]) <= float(row["final_iqm"]) <= float(row["final_iqm_ci_high"])
     better = read_csv(out / "improvement.csv")
