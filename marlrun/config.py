@@ -268,6 +268,7 @@ class MADDPGConfig:
     gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones
     noise_std: float = 0.1  # continuous actions: exploration noise, as a fraction of the action range
     continuous_policy: str = "noise"  # continuous actions: gumbel (the soft Gumbel-softmax sample is the action, openai's) | noise
+    greedy_eval: bool = True  # evaluation: the greedy action (true) or the behaviour policy's sample, as openai's MADDPG evaluates (false)
 
     def __post_init__(self) -> None:
         _require(self.continuous_policy in CONTINUOUS_POLICIES, "algo.continuous_policy",

@@ -249,6 +249,18 @@ def test_gumbel_policy_acts_with_the_soft_sample_itself():
     assert ((actions > 0.01) & (actions < 0.99)).float().mean() > 0.5  # graded, not a one-hot of the sample's argmax
 
 
+@pytest.mark.parametrize("continuous, policy", [(True, "gumbel"), (True, "noise"), (False, "noise")])
+def test_greedy_eval_false_evaluates_with_the_behaviour_policys_sample(continuous, policy):
+    sampled = make_algo(continuous=continuous, continuous_policy=policy, greedy_eval=False)
+    reference = make_algo(continuous=continuous, continuous_policy=policy)
+    obs = random_batch(sampled, B=128)["obs"]
+    state = sampled.generator.get_state()
+    evaluated = sampled.act(obs, 0, greedy=True)
+    reference.generator.set_state(state)  # same weights (seed 0), same noise
+    torch.testing.assert_close(evaluated, reference.act(obs, 0))  # the exploring sample, not the greedy action
+    assert not torch.equal(evaluated, reference.act(obs, 0, greedy=True))
+
+
 def test_gumbel_policy_moves_the_agent_by_the_soft_sample_in_mpe2():
     from marlrun.envs.simple_adversary import make_simple_adversary
 

@@ -23,6 +23,10 @@ the largest logit when greedy; replay stores its one-hot. Continuous actions,
     noise   a sigmoid scaled to the action bounds, plus Gaussian noise while
             exploring
 
+``greedy_eval=false`` evaluates with the behaviour policy's sample instead of
+the greedy action: openai's MADDPG always acts with the sample, in its
+benchmark runs too.
+
 Agents with the same observation size and critic kind form a group whose
 actors (and critics) are one batched module with a weight set per agent;
 Python loops only over groups (two on simple_adversary, one on pursuit).
@@ -79,7 +83,7 @@ class MADDPG(Algorithm):
                  critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
                  batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float,
                  hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float,
-                 continuous_policy: str = "noise"):
+                 continuous_policy: str = "noise", greedy_eval: bool = True):
         self.spec, self.device = spec, device
         self.n_agents = A = spec.n_agents
         self.n_actions = K = spec.n_actions
@@ -89,6 +93,7 @@ class MADDPG(Algorithm):
         self.gumbel_temperature, self.gumbel_hard, self.noise_std = gumbel_temperature, gumbel_hard, noise_std
         self.low, self.high = spec.action_bounds
         self.gumbel_actions = not self.discrete and continuous_policy == "gumbel"
+        self.greedy_eval = greedy_eval  # false: evaluation acts with the sample, without the greedy shortcut
         if self.gumbel_actions and (self.low, self.high) != (0.0, 1.0):
             raise UserError(f"algo.continuous_policy=gumbel: env={spec.name}'s actions lie in [{self.low}, {self.high}], not the "
                             "[0, 1] of a softmax; use algo.continuous_policy=noise")
@@ -161,6 +166,7 @@ class MADDPG(Algorithm):
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         E = obs.shape[0]
         obs = obs.float()
+        greedy = greedy and self.greedy_eval
         out = torch.empty((E, self.n_agents) if self.discrete else (E, self.n_agents, self.n_actions),
                           dtype=torch.int64 if self.discrete else torch.float32, device=self.device)
         for group, actor in zip(self.groups, self.actors):
