@@ -15,7 +15,8 @@ configured device. For each case:
 Raw-only cases (``*-raw``) skip acting and training. The learner case (``super_ddqn-update``) times the paper's
 8-agent SUPER-DDQN gradient step alone, in every precision the machine has: ms per update, FLOP per update (torch's
 FLOP counter), FLOP/s, and the machine's own peak for that precision, from plain batched matmuls of the update's
-own shapes, so that the table shows the learner's fraction of peak. Cases run side by side on the same machine
+own shapes, so that the table shows the learner's fraction of peak, and the same update at batch 1 per agent: its
+fixed cost, which no faster arithmetic removes. Cases run side by side on the same machine
 state, so ratios between them are the figures to compare. Prints a table and writes JSON (machine, torch version, every figure),
 so that two machines or two commits can be compared.
 """
@@ -216,9 +217,10 @@ def measure_learner(name: str, extra: list[str]) -> dict:
     result = {"case": name, "overrides": [*LEARNER_CASES[name], *extra], "algo": cfg.algo.name, "env": cfg.env.name,
               "agents": spec.n_agents, "batch_per_agent": cfg.algo.batch_size, "device": str(device),
               "torch_threads": torch.get_num_threads(), "precisions": {}}
-    for precision in [p for p in PRECISIONS if p != "auto" and (p == "fp32" or bf16_supported(device))]:
+
+    def filled_learner(precision: str, batch_size: int):
         algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=spec, num_envs=cfg.hardware.num_envs, device=device,
-                                                                      seed=cfg.seed, precision=precision)
+                                                                      seed=cfg.seed, precision=precision, batch_size=batch_size)
         gen = torch.Generator(device=device).manual_seed(0)
         n = min(5000, cfg.algo.buffer_size)  # a replay of random transitions, n per agent
         agent = torch.arange(spec.n_agents, device=device).repeat_interleave(n)
@@ -226,6 +228,13 @@ def measure_learner(name: str, extra: list[str]) -> dict:
         actions = torch.randint(0, spec.n_actions, (len(agent),), generator=gen, device=device)
         algo.replay.add(agent, obs, actions, torch.randn(len(agent), generator=gen, device=device), obs, torch.zeros(len(agent), device=device))
         algo.replay_ready = True
+        return algo
+
+    for precision in [p for p in PRECISIONS if p != "auto" and (p == "fp32" or bf16_supported(device))]:
+        # The same update with one sample per agent: what it costs whatever the batch (kernel dispatch, weight casts
+        # and packing, the optimizer, replay bookkeeping), against which only the rest can be gained by arithmetic.
+        fixed_ms = best_ms(filled_learner(precision, 1).gradient_step, device, repeats=30)
+        algo = filled_learner(precision, cfg.algo.batch_size)
         ms = best_ms(algo.gradient_step, device, repeats=30)
         with FlopCounterMode(display=False) as counter:
             algo.gradient_step()
@@ -234,7 +243,7 @@ def measure_learner(name: str, extra: list[str]) -> dict:
         flop = counter.get_total_flops()
         peak = matmul_peak(recorder.shapes, compute_dtype(precision), device)
         result["precisions"][precision] = {
-            "ms_per_update": round(ms, 2), "gflop_per_update": round(flop / 1e9, 3), "gflop_per_sec": round(flop / ms / 1e6, 1),
+            "ms_per_update": round(ms, 2), "ms_per_update_batch_1": round(fixed_ms, 2), "gflop_per_update": round(flop / 1e9, 3), "gflop_per_sec": round(flop / ms / 1e6, 1),
             "matmul_peak_gflop_per_sec": round(peak / 1e9, 1), "fraction_of_peak": round(flop / (ms / 1e3) / peak, 3),
         }
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -263,12 +272,13 @@ def fmt(value, spec: str = ",.0f") -> str:
 
 def print_learner_table(results: list[dict]) -> None:
     table = Table(title="one learner update alone, against the machine's matmul peak at the update's own shapes")
-    for column in ("case", "device", "threads", "precision", "ms / update", "GFLOP / update", "GFLOP/s", "matmul peak GFLOP/s", "of peak"):
+    for column in ("case", "device", "threads", "precision", "ms / update", "ms at batch 1", "GFLOP / update", "GFLOP/s",
+                   "matmul peak GFLOP/s", "of peak"):
         table.add_column(column, justify="right", no_wrap=column == "case")
     for r in results:
         for precision, f in r["precisions"].items():
             table.add_row(r["case"], r["device"], str(r["torch_threads"]), precision, fmt(f["ms_per_update"], ".2f"),
-                          fmt(f["gflop_per_update"], ".2f"), fmt(f["gflop_per_sec"]), fmt(f["matmul_peak_gflop_per_sec"]),
+                          fmt(f.get("ms_per_update_batch_1"), ".2f"), fmt(f["gflop_per_update"], ".2f"), fmt(f["gflop_per_sec"]), fmt(f["matmul_peak_gflop_per_sec"]),
                           fmt(f["fraction_of_peak"], ".0%"))
     Console(width=200).print(table)
 
