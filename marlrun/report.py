@@ -840,7 +840,10 @@ def output_dir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     """`marlrun report`: returns 0; raises UserError for a mistake the user can fix."""
     args = parser().parse_args(argv)
-    console = console or Console()
+    if console is None:  # piped into a file or a CI log, rich would fold the tables at 80 columns: use a wide page
+        console = Console()
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(width=200)
     runs = load_runs(args.dirs)
     groups = group_runs(runs, args.ignore)
     metrics = choose_metrics(runs, args.metric)
