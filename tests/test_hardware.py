@@ -79,6 +79,29 @@ def test_malloc_keeps_freed_memory_on_glibc():
     assert hardware.keep_freed_memory()
 
 
+FLUSH_PROBE = """
+import sys, torch
+from omegaconf import OmegaConf
+from marlrun.hardware import setup
+setup(OmegaConf.create({"device": "cpu", "precision": "fp32", "flush_denormal": sys.argv[1] == "true"}))
+torch.set_num_threads(2)
+n = 1 << 22  # every thread takes a share
+product = torch.full((n,), 1e-20) * torch.full((n,), 1e-19)  # 1e-39, a denormal
+print(int((product == 0).sum()), n)
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="FTZ/DAZ are x86 flags")
+@pytest.mark.parametrize("flush", [True, False])
+def test_setup_flushes_denormals_on_every_torch_thread_or_keeps_them(flush):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FLUSH_PROBE, str(flush).lower()], capture_output=True, text=True, check=True).stdout
+    zeros, n = map(int, out.split())
+    assert zeros == (n if flush else 0)  # the pool's threads, started after setup, inherit the main thread's flags
+
+
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units")
 def test_bf16_keeps_master_weights_optimizer_state_and_decisions_in_fp32():
     fp32, bf16 = make_algo(precision="fp32"), make_algo(precision="bf16")
