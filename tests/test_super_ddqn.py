@@ -106,6 +106,29 @@ def test_td_error_is_double_dqn():
                 assert abs(td[a, i] - (y - algo.q(obs)[a, i, action[a, i]])) < 1e-5
 
 
+@pytest.mark.parametrize("parameter_sharing", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sharing_pass_merges_the_online_passes_with_the_same_td_errors(parameter_sharing, precision):
+    """Without gradients the online network runs once over s and s' side by side: the same TD errors as the
+    learning path's two passes, to float tolerance."""
+    from marlrun.hardware import bf16_supported
+
+    if precision == "bf16" and not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 units")
+    algo = make_algo(parameter_sharing=parameter_sharing, precision=precision)
+    gen = torch.Generator().manual_seed(2)
+    obs, next_obs = torch.randint(0, 3, (3, 16, *OBS), generator=gen).float(), torch.randint(0, 3, (3, 16, *OBS), generator=gen).float()
+    action, reward = torch.randint(0, 5, (3, 16), generator=gen), torch.randn(3, 16, generator=gen)
+    term = (torch.rand(3, 16, generator=gen) < 0.3).float()
+    with torch.no_grad():
+        algo.q_target.advantage.bias.add_(torch.randn(algo.q_target.advantage.bias.shape, generator=gen).to(algo.q_target.advantage.bias.dtype))
+        merged = algo.td_error(obs, action, reward, next_obs, term)
+    separate = algo.td_error(obs, action, reward, next_obs, term)  # grad enabled: separate online passes
+    assert separate.requires_grad
+    tolerance = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(merged, separate.detach(), **tolerance)
+
+
 def fill_fragment(algo, E, A, gen, alive=None):
     steps = []
     for _ in range(algo.rollout_fragment):

@@ -102,9 +102,15 @@ class SuperDDQN(Algorithm):
     def td_error(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
         """Double-DQN TD error in fp32, [A, B]: r + gamma * (1 - d) * Q'(s', argmax_a Q(s', a)) - Q(s, a)."""
         with self.autocast():  # one autocast region: the online weights are cast once for both of their passes
-            q_taken = self._q_values(self.q, obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            if torch.is_grad_enabled():  # learning: only Q(s, a) takes a gradient
+                q = self._q_values(self.q, obs)
+                with torch.no_grad():
+                    next_online = self._q_values(self.q, next_obs)
+            else:  # the sharing pass: the online network's two passes as one, over s and s' side by side
+                q, next_online = self._q_values(self.q, torch.cat([obs, next_obs], 1)).chunk(2, dim=1)
+            q_taken = q.gather(-1, action.unsqueeze(-1)).squeeze(-1)
             with torch.no_grad():
-                next_action = self._q_values(self.q, next_obs).argmax(-1, keepdim=True)
+                next_action = next_online.argmax(-1, keepdim=True)
                 next_q = self._q_values(self.q_target, next_obs).gather(-1, next_action).squeeze(-1)
         target = reward + self.gamma * (1.0 - terminated) * next_q
         return target - q_taken
