@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # SUPER's headline comparison on pursuit at the paper's scale (experiment=super_pursuit: 8 pursuers, 30 evaders, 16x16,
 # 800k env steps, 20 greedy evaluation episodes every 4,000 steps): independent DDQN (sharing none), sharing
-# everything (all), the three heuristics at bandwidth 0.1 (quantile, gaussian, stochastic) and parameter sharing,
-# 3 seeds each: 18 runs. Meant to be run over several sittings on a small machine:
+# everything (all), the three heuristics at bandwidth 0.1 (quantile, gaussian, stochastic), parameter sharing and
+# QMIX (algo=qmix, pymarl's settings on the same network), 3 seeds each: 21 runs. Meant to be run over several
+# sittings on a small machine:
 #   scripts/super_pursuit.sh [OUT_DIR] [HYDRA OVERRIDES...]
 # Runs go to OUT_DIR/<group>/seed_<s> (default outputs/paper/super_pursuit), LANES at a time (default 2), each with
 # one torch thread (two one-thread runs side by side do more updates per second than one two-thread run on a 2-core
 # CPU). A run whose summary.json says "finished" is skipped, one with a checkpoint is resumed, so the same command
 # continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there.
-# About 90 minutes per run at two lanes on a 2-core AMX CPU: 18 runs take about 14 hours.
+# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours.
 set -uo pipefail
 out=${1:-outputs/paper/super_pursuit}
 shift || true
 results=${RESULTS:-docs/results/super_pursuit}
 lanes=${LANES:-2}
-groups=(none all quantile gaussian stochastic parameter_sharing)
+groups=(none all quantile gaussian stochastic parameter_sharing qmix)
 
 overrides_of() {  # the group's overrides
   case $1 in
     parameter_sharing) echo "algo.sharing=none algo.parameter_sharing=true" ;;
+    qmix) echo "algo=qmix" ;;
     *) echo "algo.sharing=$1" ;;
   esac
 }
@@ -58,4 +60,5 @@ mkdir -p "$out/logs"
 for ((l = 0; l < lanes; l++)); do lane "$l" & done
 wait
 marlrun report "$results" --metric eval/episode_return --metric train/episode_return --metric sharing/fraction \
-  --compare quantile "sharing=none, algo.parameter_sharing=false" --compare quantile all --compare quantile parameter_sharing=true
+  --compare quantile algo.sharing=none --compare quantile algo.sharing=all --compare quantile parameter_sharing=true \
+  --compare quantile qmix
