@@ -11,7 +11,7 @@
 # continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there.
 # About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours.
-set -uo pipefail
+set -euo pipefail   # a failed run is logged and the lanes go on (every marlrun call has its || handler)
 out=${1:-outputs/paper/super_pursuit}
 shift || true
 results=${RESULTS:-docs/results/super_pursuit}
