@@ -278,7 +278,7 @@ def print_learner_table(results: list[dict]) -> None:
     for r in results:
         for precision, f in r["precisions"].items():
             table.add_row(r["case"], r["device"], str(r["torch_threads"]), precision, fmt(f["ms_per_update"], ".2f"),
-                          fmt(f.get("ms_per_update_batch_1"), ".2f"), fmt(f["gflop_per_update"], ".2f"), fmt(f["gflop_per_sec"]), fmt(f["matmul_peak_gflop_per_sec"]),
+                          fmt(f["ms_per_update_batch_1"], ".2f"), fmt(f["gflop_per_update"], ".2f"), fmt(f["gflop_per_sec"]), fmt(f["matmul_peak_gflop_per_sec"]),
                           fmt(f["fraction_of_peak"], ".0%"))
     Console(width=200).print(table)
 
