@@ -35,11 +35,18 @@ def test_bf16_is_refused_in_one_line_where_the_cpu_has_no_bf16_units(cpu_without
     assert resolve_precision("fp32", CPU) == "fp32"
 
 
-def test_auto_is_bf16_on_a_cpu_with_bf16_units(cpu_with_amx):
+def test_auto_is_bf16_on_a_cpu_with_amx(cpu_with_amx):
     assert resolve_precision("auto", CPU) == "bf16"
     assert resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(UserError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", CPU)
+
+
+def test_auto_is_fp32_on_a_cpu_with_avx512_bf16_but_no_amx(monkeypatch):
+    # bf16 runs there (so it may be asked for), but its matmuls are slower than fp32's
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: ("avx512_bf16",))
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
 
 
 def test_a_refused_precision_stops_the_run_before_it_writes_anything(cpu_without_bf16, compose_cfg, tmp_path):
@@ -71,7 +78,7 @@ def test_a_native_run_records_the_threads_and_precision_it_ran(compose_cfg, tmp_
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     summary = train(compose_cfg([*SMALL_PURSUIT, "hardware=auto", "hardware.device=cpu", "total_steps=100", "eval_episodes=0"]), tmp_path)
     assert summary["torch_threads"] == min(4, hardware.available_cores())  # auto's env worker does not exist natively
-    assert summary["precision"] == ("bf16" if HAS_BF16 else "fp32")
+    assert summary["precision"] == ("bf16" if "amx_bf16" in hardware.cpu_bf16_units() else "fp32")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
