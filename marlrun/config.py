@@ -118,9 +118,12 @@ class SimpleAdversaryConfig:
     max_cycles: int = 25  # steps before truncation
     continuous_actions: bool = False  # False: Discrete(5); True: Box(0, 1, (5,)), the strength of each move
     success_radius: float = 0.16  # game score: a side succeeds when it ends this close to the target (2 landmark radii)
+    adversary_reward: str = "distance"  # distance (mpe2's) | squared_distance (openai's, the MADDPG paper's)
 
     def __post_init__(self) -> None:
         _require(self.N >= 1, "env.N", f"must be >= 1, got {self.N}")
+        _require(self.adversary_reward in ("distance", "squared_distance"), "env.adversary_reward",
+                 f"unknown reward '{self.adversary_reward}'; pick distance or squared_distance")
         _require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
         _require(self.success_radius > 0, "env.success_radius", "must be > 0")
 

@@ -108,6 +108,38 @@ def test_simple_adversary_adapter_matches_the_library(continuous, workers):
         env.close()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_squared_distance_reward_is_openais_adversary_reward(workers):
+    """adversary_reward=squared_distance: the adversary gets minus its squared distance to the target, the good agents
+    what mpe2 gives them, on the same trajectory as mpe2's own reward (minus the distance)."""
+    E, seed = 2, 5
+    envs = {kind: make_simple_adversary(E, workers, seed, continuous_actions=False, adversary_reward=kind, **ADV)
+            for kind in ("distance", "squared_distance")}
+    try:
+        for env in envs.values():
+            env.reset()
+        rng = np.random.default_rng(1)
+        for t in range(30):
+            actions = torch.as_tensor(rng.integers(0, 5, size=(E, 3)))
+            plain, squared = (env.step(actions) for env in envs.values())
+            np.testing.assert_array_equal(plain.next_obs.numpy(), squared.next_obs.numpy())
+            good = plain.next_obs[:, 1]  # agent_0's row: goal - p first, then 2 landmarks, then adversary - p
+            distance = torch.linalg.vector_norm(good[:, 0:2] - good[:, 6:8], dim=-1)
+            torch.testing.assert_close(plain.reward[:, 0], -distance, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(squared.reward[:, 0], -distance**2, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(squared.reward[:, 1:], plain.reward[:, 1:])
+    finally:
+        for env in envs.values():
+            env.close()
+
+
+def test_an_unknown_adversary_reward_is_a_one_line_error():
+    from marlrun.config import SimpleAdversaryConfig
+    from marlrun.errors import UserError
+    with pytest.raises(UserError, match="env.adversary_reward: unknown reward 'manhattan'; pick distance or squared_distance"):
+        SimpleAdversaryConfig(adversary_reward="manhattan")
+
+
 def test_simple_adversary_game_metrics_match_the_world_state():
     """Success and distances read from observations agree with the positions inside the library's world."""
     from mpe2 import simple_adversary_v3

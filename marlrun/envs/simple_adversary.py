@@ -15,16 +15,30 @@ target, the adversary when it is. Both distances are read from the good agents'
 final observations: ``goal - p_i`` is the first pair of a good agent's row, and
 ``adversary - p_i`` its first "other agent" pair, so ``goal - adversary`` is
 their difference. The observations are exact (MPE adds no noise).
+
+Rewards: mpe2 gives the adversary minus its Euclidean distance to the target; openai's particle worlds, which the
+MADDPG paper used, minus the squared distance (``adversary_reward="squared_distance"`` restores that; the good
+agents' reward is the same in both). The two set different games: near the target the squared distance barely
+rewards closing in, so an adversary that is unsure which landmark is the target loses little by waiting between them.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from mpe2 import simple_adversary_v3
 from pettingzoo.utils.conversions import aec_to_parallel
 
 from marlrun.envs.base import EnvSpec
 from marlrun.envs.vector import PadObservations, PettingZooVecEnv
+
+
+ADVERSARY_REWARDS = ("distance", "squared_distance")
+
+
+def squared_distance_reward(agent, world) -> float:
+    """openai's adversary reward: minus the squared distance to the target landmark."""
+    return -float(np.sum(np.square(agent.state.p_pos - agent.goal_a.state.p_pos)))
 
 
 class SimpleAdversaryFactory:
@@ -34,11 +48,14 @@ class SimpleAdversaryFactory:
     bounds), which are most of the cost of a step of a world this small: about 5,300 steps/s against 2,900.
     """
 
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
+    def __init__(self, adversary_reward: str = "distance", **kwargs):
+        self.adversary_reward, self.kwargs = adversary_reward, kwargs
 
     def __call__(self):
-        return PadObservations(aec_to_parallel(simple_adversary_v3.raw_env(**self.kwargs)))
+        env = simple_adversary_v3.raw_env(**self.kwargs)
+        if self.adversary_reward == "squared_distance":  # the scenario's reward() calls self.adversary_reward
+            env.scenario.adversary_reward = squared_distance_reward
+        return PadObservations(aec_to_parallel(env))
 
 
 def simple_adversary_spec(N: int, continuous_actions: bool, name: str = "simple_adversary") -> EnvSpec:
@@ -77,7 +94,8 @@ class SimpleAdversaryVecEnv(PettingZooVecEnv):
 
 
 def make_simple_adversary(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "simple_adversary", *,
-                          N: int, max_cycles: int, continuous_actions: bool, success_radius: float) -> SimpleAdversaryVecEnv:
+                          N: int, max_cycles: int, continuous_actions: bool, success_radius: float,
+                          adversary_reward: str = "distance") -> SimpleAdversaryVecEnv:
     spec = simple_adversary_spec(N, continuous_actions, name)
-    factory = SimpleAdversaryFactory(N=N, max_cycles=max_cycles, continuous_actions=continuous_actions)
+    factory = SimpleAdversaryFactory(adversary_reward, N=N, max_cycles=max_cycles, continuous_actions=continuous_actions)
     return SimpleAdversaryVecEnv(factory, spec, num_envs, num_workers, seed, device, success_radius=success_radius)
