@@ -45,7 +45,7 @@ from rich.table import Table
 from marlrun.config import register_configs, validate
 from marlrun.errors import UserError
 from marlrun.metrics import read_metrics
-from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, setup, torch_threads
+from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, cpu_bf16_units, cpu_model, setup, torch_threads
 from marlrun.runner import make_env, train
 
 RESULT = "BENCH_RESULT "  # prefix of the line a child process reports its figures on
@@ -325,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         print_learner_table(learners)
     if len(learners) < len(results):
         print_table([r for r in results if r["case"] not in LEARNER_CASES])
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), "cpu_bf16_units": list(cpu_bf16_units()), "platform": platform.platform(),
+               "python": platform.python_version(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    print(f"machine: {machine['cpus']} CPUs ({machine['cpu']}; bf16 units: {', '.join(machine['cpu_bf16_units']) or 'none'})"
+          + (f", GPU {machine['gpu']}" if machine["gpu"] else ""))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(f"wrote {args.json}")

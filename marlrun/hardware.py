@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
 
 import torch
 from omegaconf import DictConfig
@@ -92,6 +93,16 @@ def cpu_bf16_units() -> tuple[str, ...]:
     except OSError:
         return ()
     return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -153,6 +153,7 @@ def test_bench_measures_side_by_side_and_writes_json(tmp_path):
     for r in cases.values():
         assert r["raw_env_steps_per_sec"] > 0 and r["peak_rss_mib"] > 0 and r["num_envs"] == 8
     assert "pursuit-native-1024-raw" in result.stdout and "torch" in report["machine"]
+    assert set(report["machine"]["cpu_bf16_units"]) <= {"amx_bf16", "avx512_bf16"} and "bf16 units:" in result.stdout
     assert_one_line_error(run_cli("bench", "--case", "nope", cwd=tmp_path), "unknown bench case nope", "mfq-ising-256")
 
 
