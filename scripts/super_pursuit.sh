@@ -5,18 +5,24 @@
 # QMIX (algo=qmix, pymarl's settings on the same network), 3 seeds each: 21 runs. Meant to be run over several
 # sittings on a small machine:
 #   scripts/super_pursuit.sh [OUT_DIR] [HYDRA OVERRIDES...]
+# SWEEP_GROUPS and SWEEP_SEEDS (space-separated) pick part of the sweep, for a sitting that affords only a few runs.
 # Runs go to OUT_DIR/<group>/seed_<s> (default outputs/paper/super_pursuit), LANES at a time (default 2), each with
-# one torch thread (two one-thread runs side by side do more updates per second than one two-thread run on a 2-core
-# CPU). A run whose summary.json says "finished" is skipped, one with a checkpoint is resumed, so the same command
-# continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
-# RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there.
-# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours.
+# THREADS torch threads (default: the cores shared out between the lanes, at least one; two one-thread runs side by
+# side do more updates per second than one two-thread run on a 2-core CPU, but LANES=1 finishes each run sooner, which
+# counts where a sitting is shorter than two one-thread runs). A run whose summary.json says "finished" is skipped,
+# one with a checkpoint is resumed, so the same command continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
+# RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there;
+# a run already finished there (an earlier sitting's, committed) is not run again.
+# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours. On a 2-core CPU without
+# AMX (fp32): 2.6 hours per run at two one-thread lanes, about 1.7 hours at LANES=1 with two threads.
 set -euo pipefail   # a failed run is logged and the lanes go on (every marlrun call has its || handler)
 out=${1:-outputs/paper/super_pursuit}
 shift || true
 results=${RESULTS:-docs/results/super_pursuit}
 lanes=${LANES:-2}
-groups=(none all quantile gaussian stochastic parameter_sharing qmix)
+threads=${THREADS:-$(( $(nproc) / lanes > 0 ? $(nproc) / lanes : 1 ))}
+read -r -a groups <<< "${SWEEP_GROUPS:-none all quantile gaussian stochastic parameter_sharing qmix}"
+read -r -a seeds <<< "${SWEEP_SEEDS:-0 1 2}"
 
 overrides_of() {  # the group's overrides
   case $1 in
@@ -30,13 +36,14 @@ finished() { grep -q '"status": "finished"' "$1/summary.json" 2>/dev/null; }
 
 run_one() {  # group seed
   local dir="$out/$1/seed_$2" keep="$results/$1/seed_$2" log="$out/logs/$1_seed_$2.log"
+  if finished "$keep" && ! finished "$dir"; then return; fi   # finished in an earlier sitting, its logs committed
   if finished "$dir"; then :
   elif ls "$dir"/checkpoints/step_*.pt > /dev/null 2>&1; then
     marlrun train resume="$dir" progress=false >> "$log" 2>&1 || echo "$1 seed $2: resume failed, see $log" >> "$out/errors.log"
   else
     rm -rf "$dir"
     # shellcheck disable=SC2046
-    marlrun train experiment=super_pursuit $(overrides_of "$1") seed="$2" hardware.torch_threads=1 progress=false \
+    marlrun train experiment=super_pursuit $(overrides_of "$1") seed="$2" hardware.torch_threads="$threads" progress=false \
       hydra.run.dir="$dir" "${extra[@]}" > "$log" 2>&1 || echo "$1 seed $2: failed, see $log" >> "$out/errors.log"
   fi
   if finished "$dir"; then
@@ -47,7 +54,7 @@ run_one() {  # group seed
 
 lane() {  # runs lane, lane + lanes, ... of the queue: every group at seed 0 first, then seed 1, then seed 2
   local i=0
-  for seed in 0 1 2; do
+  for seed in "${seeds[@]}"; do
     for group in "${groups[@]}"; do
       if (( i % lanes == $1 )); then run_one "$group" "$seed"; fi
       i=$((i + 1))
@@ -59,6 +66,7 @@ extra=("$@")
 mkdir -p "$out/logs"
 for ((l = 0; l < lanes; l++)); do lane "$l" & done
 wait
-marlrun report "$results" --metric eval/episode_return --metric train/episode_return --metric sharing/fraction \
+# runs of one group may differ in their hardware (threads; the precision hardware=auto resolved to on each host)
+marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return --metric sharing/fraction \
   --compare quantile algo.sharing=none --compare quantile algo.sharing=all --compare quantile parameter_sharing=true \
   --compare quantile qmix
