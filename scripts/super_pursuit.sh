@@ -67,6 +67,10 @@ mkdir -p "$out/logs"
 for ((l = 0; l < lanes; l++)); do lane "$l" & done
 wait
 # runs of one group may differ in their hardware (threads; the precision hardware=auto resolved to on each host)
-marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return --metric sharing/fraction \
-  --compare quantile algo.sharing=none --compare quantile algo.sharing=all --compare quantile parameter_sharing=true \
-  --compare quantile qmix
+compare=()   # P(quantile > B) for each baseline B with finished runs so far (a group with none is no group yet)
+for pair in "none algo.sharing=none" "all algo.sharing=all" "parameter_sharing parameter_sharing=true" "qmix qmix"; do
+  read -r group label <<< "$pair"
+  if [[ -d $results/quantile && -d $results/$group ]]; then compare+=(--compare quantile "$label"); fi
+done
+marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return \
+  --metric sharing/fraction "${compare[@]}"
