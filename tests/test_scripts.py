@@ -41,3 +41,23 @@ def test_the_small_heuristic_sweep_script_runs_and_reports(tmp_path):
     shared = {r["group"]: float(r["final_mean"]) for r in rows if r["metric"] == "sharing/fraction"}
     assert shared["algo.sharing=none"] == 0.0 and shared["algo.sharing=quantile"] > 0.0  # quantile sharing shares
     assert (out / "report" / "curves_sharing_fraction.png").exists()
+
+
+def test_sweep_status_lists_every_planned_run_and_sums_the_finished_ones(tmp_path):
+    import json
+
+    for group, seed, status, wall in [("none", 0, "finished", 3600.0), ("quantile", 0, "finished", 5400.0), ("none", 1, "stopped", 100.0)]:
+        folder = tmp_path / group / f"seed_{seed}"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"status": status, "final_eval_return": 10.0 + seed, "wall_time_s": wall,
+                                                         "precision": "fp32", "torch_threads": 2}))
+    script = Path(__file__).parent.parent / "scripts" / "sweep_status.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "none quantile", "0 1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert (summary["runs_planned"], summary["runs_finished"], summary["wall_time_h"]) == (4, 2, 2.5)  # (3600 + 5400) s
+    assert [(r["group"], r["seed"], r["status"]) for r in summary["runs"]] == [
+        ("none", 0, "finished"), ("quantile", 0, "finished"), ("none", 1, "stopped"), ("quantile", 1, "not run yet")]
+    assert "2 of 4 runs finished, 2.5 h" in result.stdout
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "absent"), "none", "0"], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not a folder of runs" in missing.stderr
