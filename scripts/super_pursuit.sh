@@ -12,7 +12,8 @@
 # counts where a sitting is shorter than two one-thread runs). A run whose summary.json says "finished" is skipped,
 # one with a checkpoint is resumed, so the same command continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there;
-# a run already finished there (an earlier sitting's, committed) is not run again.
+# a run already finished there (an earlier sitting's, committed) is not run again. RESULTS/sweep_summary.json lists every
+# planned run, finished or not, and the sweep's wall time summed over the sittings (scripts/sweep_status.py).
 # About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours. On a 2-core CPU without
 # AMX (fp32): 2.6 hours per run at two one-thread lanes, about 1.7 hours at LANES=1 with two threads.
 set -euo pipefail   # a failed run is logged and the lanes go on (every marlrun call has its || handler)
@@ -21,8 +22,9 @@ shift || true
 results=${RESULTS:-docs/results/super_pursuit}
 lanes=${LANES:-2}
 threads=${THREADS:-$(( $(nproc) / lanes > 0 ? $(nproc) / lanes : 1 ))}
-read -r -a groups <<< "${SWEEP_GROUPS:-none all quantile gaussian stochastic parameter_sharing qmix}"
-read -r -a seeds <<< "${SWEEP_SEEDS:-0 1 2}"
+plan_groups="none all quantile gaussian stochastic parameter_sharing qmix" plan_seeds="0 1 2"   # the whole sweep
+read -r -a groups <<< "${SWEEP_GROUPS:-$plan_groups}"
+read -r -a seeds <<< "${SWEEP_SEEDS:-$plan_seeds}"
 
 overrides_of() {  # the group's overrides
   case $1 in
@@ -74,3 +76,4 @@ for pair in "none algo.sharing=none" "all algo.sharing=all" "parameter_sharing p
 done
 marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return \
   --metric sharing/fraction "${compare[@]}"
+python "$(dirname "$0")/sweep_status.py" "$results" "$plan_groups" "$plan_seeds"   # the whole plan, not this sitting's part
