@@ -19,8 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from marlrun.metrics import SUMMARY_FILE, write_json
+from marlrun.sweep import SWEEP_SUMMARY_FILE
 
 NOT_RUN = "not run yet"
+
+
+def number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def run_entry(results: Path, group: str, seed: str) -> dict:
@@ -58,14 +63,13 @@ def main(argv: list[str]) -> int:
     table = Table(title=title)
     for column in ("group", "seed", "status", "final eval return", "best", "wall h", "env steps/s", "precision", "threads"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("group", "status", "precision") else "right")
-    number = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
     for r in runs:
         wall = None if r["wall_time_s"] is None else r["wall_time_s"] / 3600
         table.add_row(r["group"], str(r["seed"]), r["status"], number(r["final_eval_return"], 1),
                       number(r["best_eval_return"], 1), number(wall, 2), number(r["steps_per_sec"], 0),
                       r["precision"] or "-", "-" if r["torch_threads"] is None else str(r["torch_threads"]))
     Console(width=max(Console().width, 120)).print(table)
-    write_json(results / "sweep_summary.json",
+    write_json(results / SWEEP_SUMMARY_FILE,
                {"runs_planned": len(runs), "runs_finished": len(finished), "wall_time_h": round(hours, 2), "runs": runs})
     return 0
 
