@@ -100,10 +100,13 @@ def profile_taus(values: Sequence[float], n: int = 51) -> np.ndarray:
 
 
 def resolve_group(name: str, labels: Sequence[str]) -> str:
-    """The group label ``name`` names: an exact label, else the only label containing it. UserError otherwise."""
+    """The group label ``name`` names: an exact label, else the only label containing each of its comma-separated
+    parts (``"algo.sharing=none, parameter_sharing=false"`` names a label holding both, whatever else it holds and in
+    whatever order). UserError otherwise."""
     if name in labels:
         return name
-    matches = [label for label in labels if name in label]
+    parts = [part.strip() for part in name.split(",") if part.strip()]
+    matches = [label for label in labels if parts and all(part in label for part in parts)]
     if len(matches) == 1:
         return matches[0]
     shown = "; ".join(repr(label) for label in labels)

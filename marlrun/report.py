@@ -805,7 +805,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for report.csv, runs.csv and curves_*.png (default: DIR/report for one DIR, else ./report)")
     p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
-                   help="two groups (a label as the table shows it, or a part of one that names a single group): "
+                   help="two groups (a label as the table shows it, or parts of one, comma-separated, that name a single group): "
                         "report P(a run of A beats a run of B) on every metric, with its interval; repeatable")
     p.add_argument("--rliable-reps", type=_positive_int, default=2_000, metavar="N",
                    help="stratified bootstrap resamples for the IQM, P(A > B) and profile intervals (rliable; "

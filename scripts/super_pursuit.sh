@@ -70,7 +70,9 @@ for ((l = 0; l < lanes; l++)); do lane "$l" & done
 wait
 # runs of one group may differ in their hardware (threads; the precision hardware=auto resolved to on each host)
 compare=()   # P(quantile > B) for each baseline B with finished runs so far (a group with none is no group yet)
-for pair in "none algo.sharing=none" "all algo.sharing=all" "parameter_sharing parameter_sharing=true" "qmix qmix"; do
+# (labels by parts: "algo.sharing=none" alone names independent DDQN and parameter sharing both)
+for pair in "none algo.sharing=none,parameter_sharing=false" "all algo.sharing=all" \
+            "parameter_sharing algo.sharing=none,parameter_sharing=true" "qmix qmix"; do
   read -r group label <<< "$pair"
   if [[ -d $results/quantile && -d $results/$group ]]; then compare+=(--compare quantile "$label"); fi
 done

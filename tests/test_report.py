@@ -455,6 +455,22 @@ def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
     assert "final IQM" in text and "P(A > B)" in text
 
 
+def test_compare_names_a_group_by_parts_of_its_label_in_any_order():
+    from marlrun.reliable import resolve_group
+
+    labels = ["algo.sharing=none, algo.parameter_sharing=false", "algo.sharing=none, algo.parameter_sharing=true",
+              "algo.sharing=quantile, algo.parameter_sharing=false", "algo.name=qmix, algo.sharing=(not set)"]
+    assert resolve_group("parameter_sharing=true, algo.sharing=none", labels) == labels[1]
+    assert resolve_group("algo.sharing=none, algo.parameter_sharing=false", labels) == labels[0]
+    assert resolve_group("quantile", labels) == labels[2] and resolve_group("qmix", labels) == labels[3]
+    with pytest.raises(UserError, match="names 2 groups"):
+        resolve_group("algo.sharing=none", labels)
+    with pytest.raises(UserError, match="no group is named 'all, parameter_sharing=true'"):
+        resolve_group("all, parameter_sharing=true", labels)
+    with pytest.raises(UserError, match="no group is named ', '"):
+        resolve_group(", ", labels)
+
+
 def test_compare_names_an_unknown_or_ambiguous_group_with_one_clear_error(sweep, tmp_path):
     with pytest.raises(UserError, match=r"no group is named 'gaussian'; the groups are: 'algo.sharing=none'; 'algo.sharing=quantile'"):
         report.main([str(sweep), "--compare", "quantile", "gaussian", *FAST])
