@@ -41,7 +41,7 @@ class HardwareConfig:
     torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = OMP_NUM_THREADS if set, else the cores env workers leave free (1 to 4)
     num_envs: int = 4  # parallel environment copies stepped together (each step counts num_envs env steps)
     env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process
-    precision: str = "auto"  # fp32 | bf16 (the networks' matmuls under autocast; refused where the hardware has no bf16 units) | auto (bf16 where it has them)
+    precision: str = "auto"  # fp32 | bf16 (the networks' matmuls under autocast; refused where the hardware has no bf16 units) | auto (bf16 where it is the faster: AMX, AMD's AVX-512-BF16)
     flush_denormal: bool = True  # CPU: flush denormal floats to zero (FTZ/DAZ), which the slow microcode path for them makes much faster
 
     def __post_init__(self) -> None:

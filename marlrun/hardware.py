@@ -2,7 +2,7 @@
 
 Precision (``hardware.precision`` = fp32 | bf16 | auto): bf16 runs the networks' matmuls under ``torch.autocast``
 where the hardware has bf16 units (a CPU with AMX or AVX-512-BF16, a CUDA GPU that supports bf16); ``auto`` picks
-bf16 only on a CPU with AMX, where it is the faster of the two. Master weights
+bf16 on the CPUs where it is the faster of the two (AMX; AMD's AVX-512-BF16). Master weights
 and optimizer state stay fp32, and so do the numbers that decide something: every network returns fp32, so TD
 errors, losses, PER priorities and sharing thresholds are computed in fp32. On CUDA, fp32 matmuls use TF32.
 """
@@ -96,6 +96,23 @@ def cpu_bf16_units() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The CPU's vendor id (Linux /proc/cpuinfo: GenuineIntel, AuthenticAMD, ...), empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 matmuls beat fp32 on this CPU: AMX (Intel Sapphire Rapids and later), or AVX-512-BF16 on an AMD
+    CPU (Zen 4 and later). Intel's AVX-512-BF16 without AMX (Cooper Lake) is slower than its fp32."""
+    units = cpu_bf16_units()
+    return "amx_bf16" in units or ("avx512_bf16" in units and cpu_vendor() == "AuthenticAMD")
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
     try:
@@ -114,10 +131,12 @@ def bf16_supported(device: torch.device) -> bool:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``fp32`` or ``bf16`` for ``hardware.precision=name`` on ``device``; bf16 where it cannot run is a UserError.
 
-    ``auto`` is bf16 on a CPU with AMX (there bf16 matmuls run about 5x faster than fp32), else fp32. A CPU with
+    ``auto`` is bf16 where the CPU's bf16 matmuls are the faster (``cpu_bf16_is_fast``), else fp32. With AMX bf16
+    matmuls run about 5x faster than fp32; on an AMD EPYC with AVX-512-BF16 (Zen 4) the SUPER-DDQN update took 12.8
+    against 23.5 ms in fp32 (``marlrun bench --case super_ddqn-update``, both in one run). An Intel CPU with
     AVX-512-BF16 but no AMX can run bf16 (``bf16`` is allowed there), but slower: oneDNN's bf16 batched matmuls at
-    the SUPER-DDQN update's shapes ran at 106 against 170 GFLOP/s in fp32 on such a Xeon, and the update took 31.0
-    against 22.2 ms. On a CUDA GPU the small networks of these games are bound by kernel launches, not arithmetic,
+    the update's shapes ran at 106 against 170 GFLOP/s in fp32 on such a Xeon, and the update took 31.0 against
+    22.2 ms. On a CUDA GPU the small networks of these games are bound by kernel launches, not arithmetic,
     so autocast's extra cast kernels cost more than bf16 saves; fp32 there runs its matmuls in TF32.
     """
     if name not in PRECISIONS:
@@ -127,7 +146,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
         where = "this GPU" if device.type == "cuda" else "this CPU (it has neither AMX nor AVX-512-BF16)"
         raise UserError(f"hardware.precision=bf16: {where} has no bf16 matmul units; use hardware.precision=fp32 (or auto)")
     if name == "auto":
-        return "bf16" if device.type == "cpu" and "amx_bf16" in cpu_bf16_units() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16_is_fast() else "fp32"
     return name
 
 
