@@ -84,8 +84,8 @@ def random_actions(spec, num_envs: int, gen: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(num_envs, spec.n_agents, spec.n_actions, generator=gen)
 
 
-def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, int]:
-    """Env steps per second with random actions, and the number of agents."""
+def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, int, int]:
+    """Env steps per second with random actions, the number of agents, and the worker processes the env started."""
     env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
     torch.set_num_threads(torch_threads(cfg.hardware, env_workers=env.worker_processes))  # as `marlrun train` does
     try:
@@ -99,7 +99,7 @@ def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, in
             steps += env.num_envs
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return steps / (time.perf_counter() - start), env.spec.n_agents
+        return steps / (time.perf_counter() - start), env.spec.n_agents, env.worker_processes
     finally:
         env.close()
 
@@ -145,10 +145,10 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
     cfg = compose_config(overrides)
     validate(cfg)
     device, precision = setup(cfg.hardware)
-    raw, n_agents = raw_throughput(cfg, seconds, device)
+    raw, n_agents, workers = raw_throughput(cfg, seconds, device)
     result = {
         "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,
-        "num_envs": cfg.hardware.num_envs, "env_workers": cfg.hardware.env_workers, "device": str(device), "precision": precision,
+        "num_envs": cfg.hardware.num_envs, "env_workers": workers, "device": str(device), "precision": precision,
         "torch_threads": torch.get_num_threads(), "raw_env_steps_per_sec": round(raw, 1), "raw_agent_steps_per_sec": round(raw * n_agents, 1),
     }
     if default_steps:

@@ -145,13 +145,15 @@ def test_multirun_makes_a_folder_per_job(tmp_path):
 def test_bench_measures_side_by_side_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = run_cli("bench", "--case", "pursuit-native-1024-raw", "--case", "pursuit-pettingzoo-raw", "--seconds", "0.5",
-                     "--json", str(out), "hardware.num_envs=8", "env.n_evaders=5", cwd=tmp_path)
+                     "--json", str(out), "hardware.num_envs=8", "env.n_evaders=5", "hardware.env_workers=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     cases = {r["case"]: r for r in report["results"]}
     assert set(cases) == {"pursuit-native-1024-raw", "pursuit-pettingzoo-raw"}
     for r in cases.values():
         assert r["raw_env_steps_per_sec"] > 0 and r["peak_rss_mib"] > 0 and r["num_envs"] == 8
+    # the worker processes each env really started: the native backend none, whatever hardware.env_workers says
+    assert cases["pursuit-native-1024-raw"]["env_workers"] == 0 and cases["pursuit-pettingzoo-raw"]["env_workers"] == 1
     assert "pursuit-native-1024-raw" in result.stdout and "torch" in report["machine"]
     assert set(report["machine"]["cpu_bf16_units"]) <= {"amx_bf16", "avx512_bf16"} and "bf16 units:" in result.stdout
     assert_one_line_error(run_cli("bench", "--case", "nope", cwd=tmp_path), "unknown bench case nope", "mfq-ising-256")
