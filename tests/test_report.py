@@ -387,7 +387,7 @@ def test_argparse_mistakes_exit_with_code_2(sweep, capsys):
 
 # ---------------------------------------------------------------------------- rliable: IQM, P(A > B), profiles
 def test_iqm_of_a_known_set_ignores_the_outer_quartiles():
-    from marlrun import reliable
+    from marlrun.report import reliable
 
     eight = reliable.iqm([1, 2, 3, 4, 5, 6, 7, 8], reps=500, seed=0)
     assert eight.mean == pytest.approx(4.5)  # mean of the middle half: 3, 4, 5, 6
@@ -397,7 +397,7 @@ def test_iqm_of_a_known_set_ignores_the_outer_quartiles():
 
 
 def test_probability_of_improvement_of_two_known_sets():
-    from marlrun import reliable
+    from marlrun.report import reliable
 
     # pairs (x in A, y in B) with x > y: 1 + 2 + 3 + 4 = 10, ties x = y: 3 (a half each): (10 + 1.5) / 16
     p = reliable.probability_of_improvement([1, 2, 3, 4], [0, 1, 2, 3], reps=500, seed=0)
@@ -409,7 +409,7 @@ def test_probability_of_improvement_of_two_known_sets():
 
 
 def test_performance_profile_points_are_the_fraction_of_runs_above_tau():
-    from marlrun import reliable
+    from marlrun.report import reliable
 
     fraction, low, high = reliable.performance_profile([1, 2, 3, 4], np.array([0.5, 2.5, 3.5, 4.0]), reps=500, seed=0)
     np.testing.assert_allclose(fraction, [1.0, 0.5, 0.25, 0.0])
@@ -418,7 +418,7 @@ def test_performance_profile_points_are_the_fraction_of_runs_above_tau():
 
 
 def test_rliable_intervals_are_seeded_and_leave_numpys_global_rng_alone():
-    from marlrun import reliable
+    from marlrun.report import reliable
 
     np.random.seed(123)
     expected = np.random.rand()
@@ -429,7 +429,7 @@ def test_rliable_intervals_are_seeded_and_leave_numpys_global_rng_alone():
 
 
 def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
-    from marlrun import reliable
+    from marlrun.report import reliable
 
     out = tmp_path / "out"
     text = run_report([sweep, "--out", out, "--bootstrap", 300, "--rliable-reps", 300,
@@ -456,7 +456,7 @@ def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
 
 
 def test_compare_names_a_group_by_parts_of_its_label_in_any_order():
-    from marlrun.reliable import resolve_group
+    from marlrun.report.reliable import resolve_group
 
     labels = ["algo.sharing=none, algo.parameter_sharing=false", "algo.sharing=none, algo.parameter_sharing=true",
               "algo.sharing=quantile, algo.parameter_sharing=false", "algo.name=qmix, algo.sharing=(not set)"]
