@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).parent.parent / "scripts").glob("*.sh"))
+SCRIPTS = sorted(p for p in (Path(__file__).parent.parent / "scripts").glob("*.sh") if not p.name.startswith("gpu_"))  # sweep, then report
+GPU_SCRIPTS = sorted((Path(__file__).parent.parent / "scripts").glob("gpu_*.sh"))  # the CUDA check and its wheels
 CONF = Path(__file__).parent.parent / "conf" / "experiment"
 
 
@@ -25,6 +26,20 @@ def test_every_script_is_valid_bash_and_names_existing_presets(script):
     presets = re.findall(r"experiment=(\w+)", text)
     assert presets and all((CONF / f"{p}.yaml").exists() for p in presets), presets
     assert "marlrun report" in text and "set -euo pipefail" in text
+
+
+def test_the_gpu_check_names_existing_presets_bench_cases_and_algorithms():
+    from marlrun.bench import CASES, LEARNER_CASES
+
+    assert [p.name for p in GPU_SCRIPTS] == ["gpu_check.sh", "gpu_wheels.sh"]
+    for script in GPU_SCRIPTS:
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = GPU_SCRIPTS[0].read_text()
+    assert all((CONF / f"{p}.yaml").exists() for p in re.findall(r"experiment=(\w+)", text))
+    cases = re.search(r"BENCH_CASES:-([^}]*)\}", text).group(1).replace("\\", " ").split()
+    assert cases and set(cases) <= {*CASES, *LEARNER_CASES}, cases
+    algos = set(re.findall(r"algo=(\w+)", text))
+    assert algos == {p.stem for p in (CONF.parent / "algo").glob("*.yaml")} - {"ippo", "mcmc", "mfq"}, algos  # mfq by its presets
 
 
 def test_the_small_heuristic_sweep_script_runs_and_reports(tmp_path):
