@@ -38,7 +38,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from rich.console import Console
 from rich.table import Table
 
@@ -144,7 +144,7 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
     overrides = [*case_overrides, *extra]
     cfg = compose_config(overrides)
     validate(cfg)
-    device, precision = setup(cfg.hardware)
+    device, precision = setup(cfg.hardware, small_networks=not get_class(cfg.algo._target_).auto_bf16)
     raw, n_agents, workers = raw_throughput(cfg, seconds, device)
     result = {
         "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,

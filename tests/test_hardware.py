@@ -59,6 +59,24 @@ def test_auto_is_bf16_on_an_amd_cpu_with_avx512_bf16(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"
 
 
+def test_auto_is_fp32_for_networks_too_small_for_bf16_to_pay(cpu_with_amx):
+    assert resolve_precision("auto", CPU, small_networks=True) == "fp32"
+    assert resolve_precision("bf16", CPU, small_networks=True) == "bf16"  # asked for by name: still bf16
+
+
+def test_a_maddpg_run_with_auto_precision_runs_fp32_where_super_ddqn_runs_bf16(cpu_with_amx, compose_cfg, tmp_path, monkeypatch):
+    from marlrun.algos.maddpg import MADDPG
+    from marlrun.algos.super_ddqn import SuperDDQN
+
+    assert not MADDPG.auto_bf16 and SuperDDQN.auto_bf16
+    tiny = ["hardware=cpu", "hardware.env_workers=0", "hardware.num_envs=2", "total_steps=100", "eval_episodes=0", "progress=false", "print_config=false"]
+    maddpg = train(compose_cfg(["algo=maddpg", "env=simple_adversary", *tiny, "algo.learning_starts=50", "algo.batch_size=16"]), tmp_path / "maddpg")
+    assert maddpg["precision"] == "fp32"
+    if HAS_BF16:  # bf16 must really run for the other half
+        ddqn = train(compose_cfg([*SMALL_PURSUIT, "total_steps=100", "eval_episodes=0"]), tmp_path / "ddqn")
+        assert ddqn["precision"] == "bf16"
+
+
 def test_the_cpu_vendor_is_read_from_cpuinfo():
     vendor = hardware.cpu_vendor()
     assert isinstance(vendor, str)

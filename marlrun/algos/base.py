@@ -36,6 +36,9 @@ class Algorithm:
     name: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
     suggestion: ClassVar[str] = ""  # what to pick instead when an environment does not fit
+    # hardware.precision=auto may run its networks in bf16 where the CPU's bf16 is the faster; False for networks so
+    # small that casting costs more than bf16 saves (auto then runs fp32; an explicit bf16 still runs bf16)
+    auto_bf16: ClassVar[bool] = True
     gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
 
     @property

@@ -78,6 +78,7 @@ class MADDPG(Algorithm):
     name = "maddpg"
     requires = frozenset({"fixed_agents"})
     suggestion = "Use algo=super_ddqn for environments whose agents leave mid-episode."
+    auto_bf16 = False  # 64-unit MLPs: the casts cost more than bf16 saves (2,501 env steps/s in fp32, 1,735 in bf16)
 
     def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "maddpg",
                  critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
