@@ -144,7 +144,7 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
     overrides = [*case_overrides, *extra]
     cfg = compose_config(overrides)
     validate(cfg)
-    device, precision = setup(cfg.hardware, small_networks=not get_class(cfg.algo._target_).auto_bf16)
+    device, precision = setup(cfg.hardware, auto_bf16=get_class(cfg.algo._target_).auto_bf16)
     raw, n_agents, workers = raw_throughput(cfg, seconds, device)
     result = {
         "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,

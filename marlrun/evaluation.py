@@ -120,7 +120,7 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     cfg = load_run_config(run_dir)
     path = choose_checkpoint(run_dir, options.get("checkpoint"))
     device = resolve_device(options.get("device", cfg.hardware.device))
-    precision = resolve_precision(cfg.hardware.precision, device, small_networks=not get_class(cfg.algo._target_).auto_bf16)
+    precision = resolve_precision(cfg.hardware.precision, device, auto_bf16=get_class(cfg.algo._target_).auto_bf16)
     keep_freed_memory()
     state = load_checkpoint(path, map_location=device)
     step = int(state["env_steps"])

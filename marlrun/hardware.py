@@ -84,25 +84,26 @@ PRECISIONS = ("fp32", "bf16", "auto")
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_units() -> tuple[str, ...]:
-    """The CPU's bf16 matmul units (Linux /proc/cpuinfo flags), empty where it has none or cannot be read."""
+@functools.lru_cache(maxsize=8)
+def cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in Linux's /proc/cpuinfo (``flags``, ``vendor_id``, ``model name``), None where
+    there is no such line or no such file."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key), None)
     except OSError:
-        return ()
+        return None
+
+
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The CPU's bf16 matmul units (its cpuinfo flags), empty where it has none or they cannot be read."""
+    flags = (cpuinfo("flags") or "").split()
     return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
-    """The CPU's vendor id (Linux /proc/cpuinfo: GenuineIntel, AuthenticAMD, ...), empty where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...), empty where it cannot be read."""
+    return cpuinfo("vendor_id") or ""
 
 
 def cpu_bf16_is_fast() -> bool:
@@ -112,14 +113,9 @@ def cpu_bf16_is_fast() -> bool:
     return "amx_bf16" in units or ("avx512_bf16" in units and cpu_vendor() == "AuthenticAMD")
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
+    """The CPU's model name, else what the platform says."""
+    return cpuinfo("model name") or platform.processor()
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -128,12 +124,8 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" and bool(cpu_bf16_units())
 
 
-def resolve_precision(name: str, device: torch.device, small_networks: bool = False) -> str:
+def resolve_precision(name: str, device: torch.device, auto_bf16: bool = True) -> str:
     """``fp32`` or ``bf16`` for ``hardware.precision=name`` on ``device``; bf16 where it cannot run is a UserError.
-
-    ``small_networks``: the algorithm's networks are too small for bf16 to pay (``Algorithm.auto_bf16`` false):
-    ``auto`` is then fp32 everywhere. MADDPG's 64-unit MLPs trained at 1,735 env steps/s in bf16 against 2,501 in fp32
-    on an AMD EPYC whose bf16 is otherwise the faster (``marlrun bench``, each precision in turn).
 
     ``auto`` is bf16 where the CPU's bf16 matmuls are the faster (``cpu_bf16_is_fast``), else fp32. With AMX bf16
     matmuls run about 5x faster than fp32; on an AMD EPYC with AVX-512-BF16 (Zen 4) the SUPER-DDQN update took 12.8
@@ -142,6 +134,10 @@ def resolve_precision(name: str, device: torch.device, small_networks: bool = Fa
     the update's shapes ran at 106 against 170 GFLOP/s in fp32 on such a Xeon, and the update took 31.0 against
     22.2 ms. On a CUDA GPU the small networks of these games are bound by kernel launches, not arithmetic,
     so autocast's extra cast kernels cost more than bf16 saves; fp32 there runs its matmuls in TF32.
+
+    ``auto_bf16`` false (the algorithm's ``Algorithm.auto_bf16``: networks too small for bf16 to pay) makes ``auto``
+    fp32 everywhere: MADDPG's 64-unit MLPs trained at 1,735 env steps/s in bf16 against 2,501 in fp32 on an AMD EPYC
+    whose bf16 is otherwise the faster (``marlrun bench``, each precision in turn).
     """
     if name not in PRECISIONS:
         raise UserError(f"hardware.precision: unknown precision '{name}'; pick one of {', '.join(PRECISIONS)}")
@@ -150,7 +146,7 @@ def resolve_precision(name: str, device: torch.device, small_networks: bool = Fa
         where = "this GPU" if device.type == "cuda" else "this CPU (it has neither AMX nor AVX-512-BF16)"
         raise UserError(f"hardware.precision=bf16: {where} has no bf16 matmul units; use hardware.precision=fp32 (or auto)")
     if name == "auto":
-        return "bf16" if device.type == "cpu" and cpu_bf16_is_fast() and not small_networks else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16_is_fast() and auto_bf16 else "fp32"
     return name
 
 
@@ -184,13 +180,13 @@ def flush_denormals(on: bool) -> None:
     torch.set_flush_denormal(on)
 
 
-def setup(hardware: DictConfig, small_networks: bool = False) -> tuple[torch.device, str]:
+def setup(hardware: DictConfig, auto_bf16: bool = True) -> tuple[torch.device, str]:
     """Apply ``hardware`` to this process (denormals, allocator, TF32); returns the device and the precision to run
-    (``small_networks``: see ``resolve_precision``).
+    (``auto_bf16``: see ``resolve_precision``).
 
     Torch's thread count is set once the environment is built and its worker processes are known (torch_threads)."""
     device = resolve_device(hardware.device)
-    precision = resolve_precision(hardware.precision, device, small_networks)
+    precision = resolve_precision(hardware.precision, device, auto_bf16)
     flush_denormals(hardware.get("flush_denormal", True))
     keep_freed_memory()
     allow_tf32(device)

@@ -163,7 +163,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     run_dir = Path(run_dir)
     cfg = validate(cfg)  # typed by the schemas (a resumed run's saved config too), interpolations resolved
     algo_cls = get_class(cfg.algo._target_)
-    device, precision = setup(cfg.hardware, small_networks=not algo_cls.auto_bf16)
+    device, precision = setup(cfg.hardware, auto_bf16=algo_cls.auto_bf16)
 
     checkpoint = None
     if cfg.resume:

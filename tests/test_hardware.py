@@ -60,8 +60,8 @@ def test_auto_is_bf16_on_an_amd_cpu_with_avx512_bf16(monkeypatch):
 
 
 def test_auto_is_fp32_for_networks_too_small_for_bf16_to_pay(cpu_with_amx):
-    assert resolve_precision("auto", CPU, small_networks=True) == "fp32"
-    assert resolve_precision("bf16", CPU, small_networks=True) == "bf16"  # asked for by name: still bf16
+    assert resolve_precision("auto", CPU, auto_bf16=False) == "fp32"
+    assert resolve_precision("bf16", CPU, auto_bf16=False) == "bf16"  # asked for by name: still bf16
 
 
 def test_a_maddpg_run_with_auto_precision_runs_fp32_where_super_ddqn_runs_bf16(cpu_with_amx, compose_cfg, tmp_path, monkeypatch):
