@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from marlrun.config import MAX_SEED, HardwareConfig, load_run_config

@@ -181,8 +181,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     with out_of_memory_is_a_user_error(cfg):
         env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
     torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
-    eval_env = None
-    writer = None
+    run = None
     summary = None
     try:
         check_compatible(algo_cls, env.spec)
@@ -192,151 +191,15 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         env.provide_state = algo.uses_state  # a copy of the whole map every step: only for those who learn from it
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
-
-        E = env.num_envs
-        env_steps = 0
-        tracker, recent = MeanTracker(), deque(maxlen=20)
-        evals: list[dict] = []
-        wall_before = 0.0
+        run = Run(cfg, run_dir, algo, env, device, precision, resumes)
         if checkpoint:
-            try:
-                algo.load_state_dict(checkpoint["algo"])
-            except (KeyError, ValueError, RuntimeError) as exc:
-                raise UserError(f"resume: the checkpoint in {run_dir / 'checkpoints'} does not fit this config "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); resume without changing algo or env keys") from None
-            env_steps = checkpoint["env_steps"]
-            tracker.load_state_dict(checkpoint["tracker"])
-            recent.extend(checkpoint["recent_returns"])
-            evals = list(checkpoint["evals"])
-            wall_before = checkpoint["wall_time"]
-            torch.set_rng_state(checkpoint["torch_rng"])
-            console.print(f"[bold]resuming[/] {run_dir} from env step {env_steps:,}")
-        writer = MetricWriter(run_dir, resume_step=env_steps if checkpoint else None, loggers=loggers)
-
-        ep_return = torch.zeros(E, env.spec.n_agents, device=device)
-        ep_length = torch.zeros(E, device=device)
-
-        def state(wall: float) -> dict:
-            return {
-                "algo": algo.state_dict(include_replay=cfg.save_replay),
-                "env_steps": env_steps,
-                "tracker": tracker.state_dict(), "recent_returns": list(recent), "evals": evals,
-                "wall_time": wall, "resumes": resumes, "torch_rng": torch.get_rng_state(),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            }
-
-        def run_eval() -> dict[str, float]:
-            nonlocal eval_env
-            if eval_env is None:
-                eval_env = make_env(cfg, cfg.eval_episodes, env_seed(cfg.seed, 1), device)
-            result = evaluate(algo, eval_env, env_steps, seed=env_seed(cfg.seed, 1))
-            evals.append({"step": env_steps, **result})
-            return result
-
-        finite_at = env_steps
-
-        def check_finite(scalars: dict | None = None) -> None:
-            """Stop before a loss or parameter that is inf or nan reaches a checkpoint (the logs keep the values)."""
-            nonlocal finite_at
-            what = (non_finite_scalar(scalars) if scalars else None) or non_finite_state(algo)
-            if what:
-                raise Diverged(what, env_steps, finite_at)
-            finite_at = env_steps
-
-        next_log, next_ckpt = next_multiple(env_steps, cfg.log_interval), next_multiple(env_steps, cfg.checkpoint_interval)
-        next_eval = next_multiple(env_steps, cfg.eval_interval) if cfg.eval_interval > 0 else None
-        obs = env.reset()
-        start = time.perf_counter()
-        interval_start, interval_steps, interval_updates = start, 0, algo.gradient_steps
-        stopped = None
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
-            TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=not cfg.progress, refresh_per_second=4,
-        )
-        with StopSignal() as stop, progress:
-            task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=env_steps, speed="-", ret="-")
-            unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
-            while env_steps < cfg.total_steps:
-                context = env.context()
-                actions = algo.act(obs, env_steps, context=context)
-                env.step_async(actions)  # environment workers step while this process observes and learns
-                if unobserved:
-                    tracker.add(algo.observe(*unobserved))
-                tracker.add(algo.update(env_steps))
-                try:
-                    step = env.step_wait()
-                except EnvWorkerDied as exc:
-                    if unobserved:
-                        algo.observe(*unobserved)
-                    save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
-                    raise UserError(f"{exc}; the learner was saved at env step {env_steps:,}: continue with marlrun train resume={quoted(run_dir)}") from None
-                unobserved = (obs, actions, step, context)
-                obs = step.obs
-                env_steps += E
-                interval_steps += E
-
-                ep_return += step.reward
-                ep_length += 1
-                if step.episode_end.any():
-                    done = step.episode_end
-                    info = {key: value[done] for key, value in step.episode_info.items()}
-                    episodes = {f"train/{k}": v.tolist() for k, v in episode_scalars(env, ep_return[done], ep_length[done], info).items()}
-                    for i in range(int(done.sum())):
-                        tracker.add({key: values[i] for key, values in episodes.items()})
-                        recent.append(episodes["train/episode_return"][i])
-                    ep_return[done] = 0.0
-                    ep_length[done] = 0.0
-
-                finished = env_steps >= cfg.total_steps
-                if finished or stop.received or env_steps >= min(next_log, next_ckpt):
-                    tracker.add(algo.observe(*unobserved))  # so logs and checkpoints see every step
-                    unobserved = None
-                if env_steps >= next_log or finished:
-                    now = time.perf_counter()
-                    scalars = tracker.pop()
-                    scalars.update(algo.schedule(env_steps))
-                    scalars.update({f"env/{key}": value for key, value in env.state_metrics().items()})
-                    scalars["perf/steps_per_sec"] = interval_steps / (now - interval_start)
-                    scalars["perf/updates_per_sec"] = (algo.gradient_steps - interval_updates) / (now - interval_start)
-                    periodic = next_eval is not None and env_steps >= next_eval
-                    if cfg.eval_episodes > 0 and (periodic or finished):
-                        scalars.update(run_eval())
-                        if periodic:
-                            next_eval = next_multiple(env_steps, cfg.eval_interval)
-                    writer.write(env_steps, scalars)
-                    check_finite(scalars)
-                    next_log = next_multiple(env_steps, cfg.log_interval)
-                    interval_start, interval_steps, interval_updates = time.perf_counter(), 0, algo.gradient_steps
-                    progress.update(task, speed=f"{scalars['perf/steps_per_sec']:,.0f}")
-                if env_steps >= next_ckpt:
-                    check_finite()
-                    save_checkpoint(run_dir, env_steps, state(wall_before + time.perf_counter() - start), cfg.keep_checkpoints)
-                    next_ckpt = next_multiple(env_steps, cfg.checkpoint_interval)
-                progress.update(task, completed=env_steps, ret=f"{recent[-1]:.2f}" if recent else "-")
-                if stop.received:
-                    stopped = stop.received
-                    break
-
-            wall = wall_before + time.perf_counter() - start
-            check_finite()
-            save_checkpoint(run_dir, env_steps, state(wall), cfg.keep_checkpoints)
-
-        summary = {
-            "status": f"stopped by {stopped}" if stopped else "finished",
-            "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
-            "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
-            "env_steps": env_steps, "total_steps": cfg.total_steps, "wall_time_s": round(wall, 2),
-            "steps_per_sec": round(env_steps / wall, 1) if wall > 0 else None,
-            "final_train_return": float(np.mean(list(recent))) if recent else None,
-            "final_eval_return": evals[-1]["eval/episode_return"] if evals else None,
-            "best_eval_return": max(e["eval/episode_return"] for e in evals) if evals else None,
-            "evaluations": evals, "run_dir": str(run_dir.resolve()),
-        }
+            run.restore(checkpoint)
+        run.open_writer(loggers, resumed=checkpoint is not None)
+        summary = run.loop()
         write_json(run_dir / SUMMARY_FILE, summary)
         print_summary(summary)
-        if stopped:
-            console.print(f"[yellow]stopped by {stopped}[/] at env step {env_steps:,}; continue with: marlrun train resume={quoted(run_dir)}")
+        if summary["status"] != "finished":
+            console.print(f"[yellow]{summary['status']}[/] at env step {summary['env_steps']:,}; continue with: marlrun train resume={quoted(run_dir)}")
         return summary
     except Diverged as exc:
         kept = checkpoint_paths(run_dir)
@@ -346,12 +209,187 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         raise UserError(f"training diverged: {exc.what} at env step {exc.step:,} (finite at step {exc.since:,}); {where}. "
                         "Lower algo.lr or check the reward scale") from None
     finally:
-        if writer is not None:
-            writer.close(failed=summary is None)  # the trackers mark a run that ended in an error as failed
+        if run is not None:
+            run.close(failed=summary is None)  # the trackers mark a run that ended in an error as failed
         env.close()
-        if eval_env is not None:
-            eval_env.close()
 
+
+class Run:
+    """One training run in progress: the learner, its environments, and what the loop keeps between steps (env steps
+    so far, episode returns, evaluations, when the next log, evaluation and checkpoint are due). ``loop`` is the
+    training loop; each of its phases (act, step, observe and update, count episodes, log and evaluate, checkpoint) is
+    a method below it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, algo: Algorithm, env, device: torch.device, precision: str, resumes: int):
+        self.cfg, self.run_dir, self.algo, self.env, self.device, self.precision, self.resumes = cfg, run_dir, algo, env, device, precision, resumes
+        self.env_steps = 0
+        self.tracker, self.recent = MeanTracker(), deque(maxlen=20)  # scalars since the last log; the last 20 episodes' returns
+        self.evals: list[dict] = []
+        self.wall_before = 0.0  # seconds trained before this process (in earlier runs of a resumed run)
+        self.writer: MetricWriter | None = None
+        self.eval_env = None  # built at the first evaluation
+        self.ep_return = torch.zeros(env.num_envs, env.spec.n_agents, device=device)
+        self.ep_length = torch.zeros(env.num_envs, device=device)
+
+    def restore(self, checkpoint: dict) -> None:
+        try:
+            self.algo.load_state_dict(checkpoint["algo"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise UserError(f"resume: the checkpoint in {self.run_dir / 'checkpoints'} does not fit this config "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); resume without changing algo or env keys") from None
+        self.env_steps = checkpoint["env_steps"]
+        self.tracker.load_state_dict(checkpoint["tracker"])
+        self.recent.extend(checkpoint["recent_returns"])
+        self.evals = list(checkpoint["evals"])
+        self.wall_before = checkpoint["wall_time"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        console.print(f"[bold]resuming[/] {self.run_dir} from env step {self.env_steps:,}")
+
+    def open_writer(self, loggers: list, resumed: bool) -> None:
+        self.writer = MetricWriter(self.run_dir, resume_step=self.env_steps if resumed else None, loggers=loggers)
+
+    def close(self, failed: bool) -> None:
+        if self.writer is not None:
+            self.writer.close(failed=failed)
+        if self.eval_env is not None:
+            self.eval_env.close()
+
+    def loop(self) -> dict:
+        """Train from ``env_steps`` to ``cfg.total_steps`` or a stop signal; returns the summary (status finished or
+        stopped by the signal), with a checkpoint of the last step written."""
+        cfg, env, algo = self.cfg, self.env, self.algo
+        self.next_log, self.next_ckpt = next_multiple(self.env_steps, cfg.log_interval), next_multiple(self.env_steps, cfg.checkpoint_interval)
+        self.next_eval = next_multiple(self.env_steps, cfg.eval_interval) if cfg.eval_interval > 0 else None
+        self.finite_at = self.env_steps
+        obs = env.reset()
+        self.start = time.perf_counter()
+        self.interval_start, self.interval_steps, self.interval_updates = self.start, 0, algo.gradient_steps
+        stopped = None
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
+            TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=not cfg.progress, refresh_per_second=4,
+        )
+        with StopSignal() as stop, progress:
+            task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=self.env_steps, speed="-", ret="-")
+            unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
+            while self.env_steps < cfg.total_steps:
+                context = env.context()
+                actions = algo.act(obs, self.env_steps, context=context)
+                env.step_async(actions)  # environment workers step while this process observes and learns
+                if unobserved:
+                    self.tracker.add(algo.observe(*unobserved))
+                self.tracker.add(algo.update(self.env_steps))
+                step = self.step_wait(unobserved)
+                unobserved = (obs, actions, step, context)
+                obs = step.obs
+                self.env_steps += env.num_envs
+                self.interval_steps += env.num_envs
+                self.count_episodes(step)
+
+                finished = self.env_steps >= cfg.total_steps
+                if finished or stop.received or self.env_steps >= min(self.next_log, self.next_ckpt):
+                    self.tracker.add(algo.observe(*unobserved))  # so logs and checkpoints see every step
+                    unobserved = None
+                if self.env_steps >= self.next_log or finished:
+                    speed = self.log(finished)
+                    progress.update(task, speed=f"{speed:,.0f}")
+                if self.env_steps >= self.next_ckpt:
+                    self.check_finite()
+                    self.save_checkpoint()
+                    self.next_ckpt = next_multiple(self.env_steps, cfg.checkpoint_interval)
+                progress.update(task, completed=self.env_steps, ret=f"{self.recent[-1]:.2f}" if self.recent else "-")
+                if stop.received:
+                    stopped = stop.received
+                    break
+
+            wall = self.wall()
+            self.check_finite()
+            self.save_checkpoint(wall)
+        return {
+            "status": f"stopped by {stopped}" if stopped else "finished",
+            "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
+            "device": str(self.device), "precision": self.precision, "torch_threads": torch.get_num_threads(),
+            "env_steps": self.env_steps, "total_steps": cfg.total_steps, "wall_time_s": round(wall, 2),
+            "steps_per_sec": round(self.env_steps / wall, 1) if wall > 0 else None,
+            "final_train_return": float(np.mean(list(self.recent))) if self.recent else None,
+            "final_eval_return": self.evals[-1]["eval/episode_return"] if self.evals else None,
+            "best_eval_return": max(e["eval/episode_return"] for e in self.evals) if self.evals else None,
+            "evaluations": self.evals, "run_dir": str(self.run_dir.resolve()),
+        }
+
+    def wall(self) -> float:
+        """Seconds trained, over this process and the ones it resumed."""
+        return self.wall_before + time.perf_counter() - self.start
+
+    def step_wait(self, unobserved):
+        """The environments' step; a dead environment worker saves the learner (with the step before) and stops the run."""
+        try:
+            return self.env.step_wait()
+        except EnvWorkerDied as exc:
+            if unobserved:
+                self.algo.observe(*unobserved)
+            self.save_checkpoint()
+            raise UserError(f"{exc}; the learner was saved at env step {self.env_steps:,}: continue with marlrun train resume={quoted(self.run_dir)}") from None
+
+    def count_episodes(self, step) -> None:
+        """Add the step's rewards to the running episodes; record the ones that ended."""
+        self.ep_return += step.reward
+        self.ep_length += 1
+        if step.episode_end.any():
+            done = step.episode_end
+            info = {key: value[done] for key, value in step.episode_info.items()}
+            episodes = {f"train/{k}": v.tolist() for k, v in episode_scalars(self.env, self.ep_return[done], self.ep_length[done], info).items()}
+            for i in range(int(done.sum())):
+                self.tracker.add({key: values[i] for key, values in episodes.items()})
+                self.recent.append(episodes["train/episode_return"][i])
+            self.ep_return[done] = 0.0
+            self.ep_length[done] = 0.0
+
+    def log(self, finished: bool) -> float:
+        """Write the scalars since the last log (with an evaluation when one is due or the run has finished); returns
+        the env steps per second since the last log."""
+        cfg, algo = self.cfg, self.algo
+        now = time.perf_counter()
+        scalars = self.tracker.pop()
+        scalars.update(algo.schedule(self.env_steps))
+        scalars.update({f"env/{key}": value for key, value in self.env.state_metrics().items()})
+        scalars["perf/steps_per_sec"] = self.interval_steps / (now - self.interval_start)
+        scalars["perf/updates_per_sec"] = (algo.gradient_steps - self.interval_updates) / (now - self.interval_start)
+        periodic = self.next_eval is not None and self.env_steps >= self.next_eval
+        if cfg.eval_episodes > 0 and (periodic or finished):
+            scalars.update(self.evaluate())
+            if periodic:
+                self.next_eval = next_multiple(self.env_steps, cfg.eval_interval)
+        self.writer.write(self.env_steps, scalars)
+        self.check_finite(scalars)
+        self.next_log = next_multiple(self.env_steps, cfg.log_interval)
+        self.interval_start, self.interval_steps, self.interval_updates = time.perf_counter(), 0, algo.gradient_steps
+        return scalars["perf/steps_per_sec"]
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_env is None:
+            self.eval_env = make_env(self.cfg, self.cfg.eval_episodes, env_seed(self.cfg.seed, 1), self.device)
+        result = evaluate(self.algo, self.eval_env, self.env_steps, seed=env_seed(self.cfg.seed, 1))
+        self.evals.append({"step": self.env_steps, **result})
+        return result
+
+    def check_finite(self, scalars: dict | None = None) -> None:
+        """Stop before a loss or parameter that is inf or nan reaches a checkpoint (the logs keep the values)."""
+        what = (non_finite_scalar(scalars) if scalars else None) or non_finite_state(self.algo)
+        if what:
+            raise Diverged(what, self.env_steps, self.finite_at)
+        self.finite_at = self.env_steps
+
+    def save_checkpoint(self, wall: float | None = None) -> None:
+        state = {
+            "algo": self.algo.state_dict(include_replay=self.cfg.save_replay),
+            "env_steps": self.env_steps,
+            "tracker": self.tracker.state_dict(), "recent_returns": list(self.recent), "evals": self.evals,
+            "wall_time": self.wall() if wall is None else wall, "resumes": self.resumes, "torch_rng": torch.get_rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        save_checkpoint(self.run_dir, self.env_steps, state, self.cfg.keep_checkpoints)
 
 # ---------------------------------------------------------------------------- faults
 class Diverged(Exception):
