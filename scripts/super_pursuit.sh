@@ -10,7 +10,10 @@
 # THREADS torch threads (default: the cores shared out between the lanes, at least one; two one-thread runs side by
 # side do more updates per second than one two-thread run on a 2-core CPU, but LANES=1 finishes each run sooner, which
 # counts where a sitting is shorter than two one-thread runs). A run whose summary.json says "finished" is skipped,
-# one with a checkpoint is resumed, so the same command continues an interrupted sweep. Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
+# one with a checkpoint is resumed, so the same command continues an interrupted sweep. SWEEP_STOP_AT (a time `date -d`
+# reads: "now + 170 minutes", "tomorrow 00:25") ends a sitting there: each run going then gets SIGTERM, saves a checkpoint and
+# stops, no run starts after it, and the next sitting's same command resumes them (a run split over sittings draws
+# fresh training episodes after the resume, as any resumed run does). Every finished run's metrics.jsonl, summary.json and .hydra/ are copied to
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there;
 # a run already finished there (an earlier sitting's, committed) is not run again. RESULTS/sweep_summary.json lists every
 # planned run, finished or not, and the sweep's wall time summed over the sittings (scripts/sweep_status.py).
@@ -37,16 +40,36 @@ overrides_of() {  # the group's overrides
 
 finished() { grep -q '"status": "finished"' "$1/summary.json" 2>/dev/null; }
 
+stop_at=""
+if [[ -n ${SWEEP_STOP_AT:-} ]]; then
+  stop_at=$(date -d "$SWEEP_STOP_AT" +%s 2>/dev/null) || { echo "error: SWEEP_STOP_AT=$SWEEP_STOP_AT is not a time date -d reads" >&2; exit 2; }
+  if (( stop_at <= $(date +%s) )); then
+    echo "error: SWEEP_STOP_AT=$SWEEP_STOP_AT is $(date -d "@$stop_at"), in the past; give the day too (\"tomorrow 00:25\") or \"now + N minutes\"" >&2
+    exit 2
+  fi
+fi
+seconds_left() { echo $(( stop_at - $(date +%s) )); }
+
+until_stop() {  # the command, sent SIGTERM at SWEEP_STOP_AT (the run saves a checkpoint and exits; timeout says 124)
+  if [[ -z $stop_at ]]; then "$@"; return; fi
+  local rc=0 left
+  left=$(seconds_left)
+  (( left > 0 )) || return 0   # (timeout 0 would never stop it)
+  timeout --signal=TERM "$left" "$@" || rc=$?
+  (( rc == 124 )) || return $rc
+}
+
 run_one() {  # group seed
   local dir="$out/$1/seed_$2" keep="$results/$1/seed_$2" log="$out/logs/$1_seed_$2.log"
   if finished "$keep" && ! finished "$dir"; then return; fi   # finished in an earlier sitting, its logs committed
+  if [[ -n $stop_at ]] && ! finished "$dir" && (( $(seconds_left) <= 0 )); then return; fi   # the sitting is over
   if finished "$dir"; then :
   elif ls "$dir"/checkpoints/step_*.pt > /dev/null 2>&1; then
-    marlrun train resume="$dir" progress=false >> "$log" 2>&1 || echo "$1 seed $2: resume failed, see $log" >> "$out/errors.log"
+    until_stop marlrun train resume="$dir" progress=false >> "$log" 2>&1 || echo "$1 seed $2: resume failed, see $log" >> "$out/errors.log"
   else
     rm -rf "$dir"
     # shellcheck disable=SC2046
-    marlrun train experiment=super_pursuit $(overrides_of "$1") seed="$2" hardware.torch_threads="$threads" progress=false \
+    until_stop marlrun train experiment=super_pursuit $(overrides_of "$1") seed="$2" hardware.torch_threads="$threads" progress=false \
       hydra.run.dir="$dir" "${extra[@]}" > "$log" 2>&1 || echo "$1 seed $2: failed, see $log" >> "$out/errors.log"
   fi
   if finished "$dir"; then
@@ -77,6 +100,11 @@ for pair in "none algo.sharing=none,parameter_sharing=false" "all algo.sharing=a
   read -r group label <<< "$pair"
   if [[ -d $results/quantile && -d $results/$group ]]; then compare+=(--compare quantile "$label"); fi
 done
+if ! compgen -G "$results/*/seed_*/summary.json" > /dev/null; then   # no run finished yet: nothing to report
+  mkdir -p "$results"
+  python "$(dirname "$0")/sweep_status.py" "$results" "$plan_groups" "$plan_seeds"
+  exit 0
+fi
 marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return \
   --metric sharing/fraction "${compare[@]}"
 python "$(dirname "$0")/sweep_status.py" "$results" "$plan_groups" "$plan_seeds"   # the whole plan, not this sitting's part

@@ -76,3 +76,57 @@ def test_sweep_status_lists_every_planned_run_and_sums_the_finished_ones(tmp_pat
     assert "2 of 4 runs finished, 2.5 h" in result.stdout
     missing = subprocess.run([sys.executable, str(script), str(tmp_path / "absent"), "none", "0"], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not a folder of runs" in missing.stderr
+
+
+PURSUIT_SWEEP = Path(__file__).parent.parent / "scripts" / "super_pursuit.sh"
+SMALL = ["algo.buffer_size=1000", "algo.learning_starts=100", "eval_episodes=2", "eval_interval=1000", "log_interval=500", "env.max_cycles=50"]
+
+
+def pursuit_sweep(tmp_path, *overrides, **variables):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RESULTS": str(tmp_path / "results"),
+           "SWEEP_GROUPS": "none", "SWEEP_SEEDS": "0", "LANES": "1", "THREADS": "1", **variables}
+    return subprocess.run(["bash", str(PURSUIT_SWEEP), str(tmp_path / "out"), *SMALL, *overrides], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_the_pursuit_sweep_copies_a_finished_run_reports_it_and_skips_it_the_next_time(tmp_path):
+    import json
+
+    result = pursuit_sweep(tmp_path, "total_steps=400")
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = tmp_path / "results" / "none" / "seed_0"
+    assert {p.name for p in kept.iterdir()} == {"metrics.jsonl", "summary.json", ".hydra"}  # no checkpoint
+    assert json.loads((kept / "summary.json").read_text())["env_steps"] == 400
+    assert (tmp_path / "results" / "report" / "report.csv").exists()
+    summary = json.loads((tmp_path / "results" / "sweep_summary.json").read_text())
+    assert (summary["runs_planned"], summary["runs_finished"]) == (21, 1)
+    log = tmp_path / "out" / "logs" / "none_seed_0.log"
+    log.write_text("")
+    assert pursuit_sweep(tmp_path, "total_steps=400").returncode == 0
+    assert log.read_text() == ""  # finished: not run again
+
+
+def test_the_pursuit_sweep_stops_its_runs_at_SWEEP_STOP_AT_with_a_checkpoint_and_resumes_them(tmp_path):
+    import json
+
+    endless = "total_steps=100000000"
+    first = pursuit_sweep(tmp_path, endless, SWEEP_STOP_AT="now + 40 seconds")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "out" / "none" / "seed_0"
+    stopped = json.loads((run / "summary.json").read_text())
+    assert stopped["status"] == "stopped by SIGTERM" and 0 < stopped["env_steps"] < 100_000_000
+    assert [p.name for p in (run / "checkpoints").glob("step_*.pt")] == [f"step_{stopped['env_steps']:010d}.pt"]
+    assert not (tmp_path / "results" / "none").exists()  # not finished: not copied, not reported
+    assert json.loads((tmp_path / "results" / "sweep_summary.json").read_text())["runs_finished"] == 0
+    second = pursuit_sweep(tmp_path, endless, SWEEP_STOP_AT="now + 40 seconds")
+    assert second.returncode == 0, second.stderr[-2000:]
+    log = " ".join((tmp_path / "out" / "logs" / "none_seed_0.log").read_text().split())  # (the console wraps long lines)
+    assert "resuming" in log and f"from env step {stopped['env_steps']:,}" in log
+    assert json.loads((run / "summary.json").read_text())["env_steps"] > stopped["env_steps"]
+
+
+@pytest.mark.parametrize("stop_at, says", [("garbage", "is not a time date -d reads"), ("yesterday", "in the past")])
+def test_the_pursuit_sweep_refuses_a_stop_time_it_cannot_use_in_one_line(tmp_path, stop_at, says):
+    result = pursuit_sweep(tmp_path, SWEEP_STOP_AT=stop_at)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
