@@ -6,7 +6,8 @@
 # sittings on a small machine:
 #   scripts/super_pursuit.sh [OUT_DIR] [HYDRA OVERRIDES...]
 # SWEEP_GROUPS and SWEEP_SEEDS (space-separated) pick part of the sweep, for a sitting that affords only a few runs.
-# Runs go to OUT_DIR/<group>/seed_<s> (default outputs/paper/super_pursuit), LANES at a time (default 2), each with
+# Runs go to OUT_DIR/<group>/seed_<s> (default outputs/paper/super_pursuit), LANES at a time (default 2; each lane takes
+# the next run of one queue: runs part-way first, then every group at seed 0, seed 1, seed 2), each with
 # THREADS torch threads (default: the cores shared out between the lanes, at least one; two one-thread runs side by
 # side do more updates per second than one two-thread run on a 2-core CPU, but LANES=1 finishes each run sooner, which
 # counts where a sitting is shorter than two one-thread runs). A run whose summary.json says "finished" is skipped,
@@ -78,19 +79,44 @@ run_one() {  # group seed
   fi
 }
 
-lane() {  # runs lane, lane + lanes, ... of the queue: every group at seed 0 first, then seed 1, then seed 2
-  local i=0
-  for seed in "${seeds[@]}"; do
-    for group in "${groups[@]}"; do
-      if (( i % lanes == $1 )); then run_one "$group" "$seed"; fi
-      i=$((i + 1))
-    done
+# One queue for all the lanes, so that no lane idles while runs are left (finished runs are skipped at once): the runs
+# part-way (a checkpoint in OUT_DIR, not finished) first, then every group at seed 0, then seed 1, then seed 2.
+queue_dir=$(mktemp -d)
+trap 'rm -rf "$queue_dir"' EXIT
+part_way=() rest=()
+for seed in "${seeds[@]}"; do
+  for group in "${groups[@]}"; do
+    dir="$out/$group/seed_$seed"
+    if ! finished "$results/$group/seed_$seed" && ! finished "$dir" && compgen -G "$dir/checkpoints/step_*.pt" > /dev/null; then
+      part_way+=("$group $seed")
+    else
+      rest+=("$group $seed")
+    fi
+  done
+done
+printf '%s\n' "${part_way[@]}" "${rest[@]}" > "$queue_dir/runs"
+echo 0 > "$queue_dir/next"
+
+claim() {  # prints the queue's next run ("group seed"), nothing once it is empty; one lane at a time (mkdir is atomic)
+  until mkdir "$queue_dir/lock" 2> /dev/null; do sleep 0.2; done
+  local i
+  i=$(< "$queue_dir/next")
+  echo $((i + 1)) > "$queue_dir/next"
+  rmdir "$queue_dir/lock"
+  sed -n "$((i + 1))p" "$queue_dir/runs"
+}
+
+lane() {  # runs the queue's next run until none is left
+  local run
+  while run=$(claim) && [[ -n $run ]]; do
+    # shellcheck disable=SC2086
+    run_one $run
   done
 }
 
 extra=("$@")
 mkdir -p "$out/logs"
-for ((l = 0; l < lanes; l++)); do lane "$l" & done
+for ((l = 0; l < lanes; l++)); do lane & done
 wait
 # runs of one group may differ in their hardware (threads; the precision hardware=auto resolved to on each host)
 compare=()   # P(quantile > B) for each baseline B with finished runs so far (a group with none is no group yet)

@@ -130,3 +130,54 @@ def test_the_pursuit_sweep_refuses_a_stop_time_it_cannot_use_in_one_line(tmp_pat
     result = pursuit_sweep(tmp_path, SWEEP_STOP_AT=stop_at)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+STAND_IN = """#!/usr/bin/env bash
+# stands in for marlrun in the queue's tests: notes each call, trains for SECONDS_A_RUN and leaves a finished run
+echo "$(date +%s.%N) start $*" >> "$CALLS"
+if [[ $1 == train ]]; then
+  for arg in "$@"; do case $arg in hydra.run.dir=*|resume=*) dir=${arg#*=} ;; esac; done
+  sleep "$SECONDS_A_RUN"
+  mkdir -p "$dir/.hydra" && : > "$dir/metrics.jsonl" && echo '{"status": "finished"}' > "$dir/summary.json"
+fi
+echo "$(date +%s.%N) end $*" >> "$CALLS"
+"""
+
+
+def sweep_with_a_stand_in(tmp_path, **variables):
+    """The pursuit sweep with a stand-in for marlrun; returns its train calls as (start, end, run folder), in order."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "marlrun").write_text(STAND_IN)
+    (bin_dir / "marlrun").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls),
+           "SECONDS_A_RUN": "2"}
+    result = pursuit_sweep(tmp_path, **{**env, **variables})
+    assert result.returncode == 0, result.stderr[-2000:]
+    starts, ends = {}, {}
+    for line in calls.read_text().splitlines():
+        time, what, command, *args = line.split()
+        if command == "train":
+            folder = next(a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "resume=")))
+            (starts if what == "start" else ends)[Path(folder).relative_to(tmp_path / "out").as_posix()] = float(time)
+    return sorted((starts[f], ends[f], f) for f in starts)
+
+
+def test_the_pursuit_sweeps_lanes_share_one_queue_so_none_idles_while_runs_are_left(tmp_path):
+    # with one lane per run in turn, lane 0's runs (none and quantile) are finished already and lane 1 would run all then gaussian
+    for group in ("none", "quantile"):
+        (tmp_path / "results" / group / "seed_0").mkdir(parents=True)
+        (tmp_path / "results" / group / "seed_0" / "summary.json").write_text('{"status": "finished"}')
+    runs = sweep_with_a_stand_in(tmp_path, LANES="2", SWEEP_GROUPS="none all quantile gaussian", SWEEP_SEEDS="0")
+    assert [folder for _, _, folder in runs] == ["all/seed_0", "gaussian/seed_0"]
+    (first_start, first_end, _), (second_start, _, _) = runs
+    assert second_start < first_end  # side by side, one on each lane
+    assert all((tmp_path / "results" / group / "seed_0" / "summary.json").exists() for group in ("all", "gaussian"))
+
+
+def test_the_pursuit_sweep_finishes_runs_part_way_before_it_starts_new_ones(tmp_path):
+    checkpoints = tmp_path / "out" / "all" / "seed_1" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step_0000000100.pt").write_bytes(b"")
+    runs = sweep_with_a_stand_in(tmp_path, LANES="1", SWEEP_GROUPS="none all", SWEEP_SEEDS="0 1", SECONDS_A_RUN="0")
+    assert [folder for _, _, folder in runs] == ["all/seed_1", "none/seed_0", "all/seed_0", "none/seed_1"]
