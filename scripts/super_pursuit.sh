@@ -18,7 +18,7 @@
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there;
 # a run already finished there (an earlier sitting's, committed) is not run again. RESULTS/sweep_summary.json lists every
 # planned run, finished or not, and the sweep's wall time summed over the sittings (scripts/sweep_status.py).
-# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours; 71-83 minutes per run at two
+# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours; 71-87 minutes per run at two
 # lanes on a 2-core AMD EPYC (bf16). On a 2-core Intel CPU without AMX (fp32): 2.6 hours per run at two one-thread
 # lanes, about 1.7 hours at LANES=1 with two threads.
 set -euo pipefail   # a failed run is logged and the lanes go on (every marlrun call has its || handler)
