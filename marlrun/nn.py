@@ -235,3 +235,33 @@ class MeanFieldQNetwork(nn.Module):
         if self.use_mean_action:
             z = torch.cat([z, self.mean_action_encoder(mean_action).to(z.dtype)], dim=-1)
         return self.head(z).float()
+
+
+class RunningNorm(nn.Module):
+    """Running mean and variance of a stream of values, as debiased exponential averages (MAPPO's ValueNorm; PPO's
+    value targets, QMIX's standardised rewards)."""
+
+    def __init__(self, beta: float = 0.99999, eps: float = 1e-5):
+        super().__init__()
+        self.beta, self.eps = beta, eps
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_sq", torch.zeros(()))
+        self.register_buffer("debias", torch.zeros(()))
+
+    def update(self, x: torch.Tensor) -> None:
+        self.mean.mul_(self.beta).add_((1 - self.beta) * x.mean())
+        self.mean_sq.mul_(self.beta).add_((1 - self.beta) * (x * x).mean())
+        self.debias.mul_(self.beta).add_(1 - self.beta)
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean / self.debias.clamp(min=self.eps)
+        var = (self.mean_sq / self.debias.clamp(min=self.eps) - mean**2).clamp(min=1e-2)
+        return mean, var.sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.stats()
+        return (x - mean) / std
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        mean, std = self.stats()
+        return y * std + mean

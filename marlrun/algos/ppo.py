@@ -34,7 +34,7 @@ from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError
 from marlrun.hardware import autocast
-from marlrun.nn import SetConv2dReLU, SetLinear, SetMLP, clip_grad_norm_per_set
+from marlrun.nn import RunningNorm, SetConv2dReLU, SetLinear, SetMLP, clip_grad_norm_per_set
 
 CRITICS = ("local", "central")
 
@@ -75,35 +75,6 @@ def squashed_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: tor
     gaussian = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     log_jacobian = math.log((high - low) / 2) + 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
     return (gaussian - log_jacobian).sum(-1)
-
-
-class ValueNorm(nn.Module):
-    """Running mean and variance of value targets (MAPPO's ValueNorm: debiased exponential averages)."""
-
-    def __init__(self, beta: float = 0.99999, eps: float = 1e-5):
-        super().__init__()
-        self.beta, self.eps = beta, eps
-        self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("mean_sq", torch.zeros(()))
-        self.register_buffer("debias", torch.zeros(()))
-
-    def update(self, x: torch.Tensor) -> None:
-        self.mean.mul_(self.beta).add_((1 - self.beta) * x.mean())
-        self.mean_sq.mul_(self.beta).add_((1 - self.beta) * (x * x).mean())
-        self.debias.mul_(self.beta).add_(1 - self.beta)
-
-    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.mean / self.debias.clamp(min=self.eps)
-        var = (self.mean_sq / self.debias.clamp(min=self.eps) - mean**2).clamp(min=1e-2)
-        return mean, var.sqrt()
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.stats()
-        return (x - mean) / std
-
-    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        mean, std = self.stats()
-        return y * std + mean
 
 
 class NoValueNorm(nn.Module):
@@ -272,7 +243,7 @@ class PPO(Algorithm):
             self.actors.append(actor)
             self.critics.append(critic_net)
             self.log_stds.append(nn.Parameter(torch.full((team.n_sets, 1, self.K), float(log_std_init))))
-            self.value_norms.append(ValueNorm() if value_norm else NoValueNorm())
+            self.value_norms.append(RunningNorm() if value_norm else NoValueNorm())
         self.nets = nn.ModuleDict({"actors": self.actors, "critics": self.critics, "log_stds": self.log_stds, "value_norms": self.value_norms}).to(device)
         actor_params = list(self.actors.parameters()) + (list(self.log_stds.parameters()) if not self.discrete else [])
         self.optimizer = torch.optim.Adam([{"params": actor_params, "lr": lr}, {"params": list(self.critics.parameters()), "lr": critic_lr}],
