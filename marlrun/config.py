@@ -316,6 +316,7 @@ class QMIXConfig:
     epsilon_start: float = 1.0  # exploration: linear decay (pymarl: 1.0 -> 0.05 over 50k steps)
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 50_000
+    standardise_rewards: bool = False  # train on (r - mean) / std of the team rewards seen so far (EPyMARL's option)
     mixing_embed: int = 32  # QMIX mixing network width (pymarl)
     hypernet_embed: int = 64  # hidden units of the hypernetworks (pymarl)
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # agent network: SUPER-DDQN's

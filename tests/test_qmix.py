@@ -45,6 +45,52 @@ def test_qmix_mixer_is_monotonic_in_every_agents_q():
     assert (grad >= 0).all() and (grad > 0).float().mean() > 0.5
 
 
+def test_mixer_slope_is_dqtot_dqa_and_vanishes_when_every_elu_is_saturated():
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=4, state_size=12, embed=8, hypernet_embed=16)
+    q = torch.randn(64, 4, requires_grad=True)
+    state = torch.randn(64, 12)
+    grad, = torch.autograd.grad(mixer(q, state).sum(), q)  # row b of Q_tot depends on row b of q only
+    assert torch.allclose(mixer.slope(q.detach(), state), grad, atol=1e-6)
+    # every hidden unit's input far below 0: Q_tot no longer depends on the agents' Qs
+    mixer.hyper_b1.bias.data.fill_(-30.0)
+    assert mixer.slope(q.detach(), state).abs().max() < 1e-6
+
+
+def test_gradient_step_logs_the_mixer_slope(compose_cfg):
+    _, env, algo = build(compose_cfg)
+    fill(env, algo, 60)
+    metrics = algo.gradient_step()
+    assert 0 < metrics["train/mixer_slope"] < float("inf")
+    _, env, vdn = build(compose_cfg, "algo.mixer=vdn")
+    fill(env, vdn, 60)
+    assert vdn.gradient_step()["train/mixer_slope"] == 1.0
+
+
+def test_standardised_rewards_enter_the_target_as_r_minus_mean_over_std(compose_cfg):
+    _, env, plain = build(compose_cfg)
+    _, _, scaled = build(compose_cfg, "algo.standardise_rewards=true")
+    scaled.load_state_dict(plain.state_dict(include_replay=False) | {"reward_norm": scaled.reward_norm.state_dict()})
+    obs = env.reset()
+    rewards = []
+    for t in range(60):
+        context = env.context()
+        actions = plain.act(obs, t * env.num_envs, context=context)
+        step = env.step(actions)
+        for algo in (plain, scaled):
+            algo.observe(obs, actions, step, context)
+        rewards.append(step.reward.sum(-1))
+        obs = step.obs
+    rewards = torch.cat(rewards)
+    mean, std = scaled.reward_norm.stats()
+    assert torch.allclose(mean, rewards.mean(), atol=1e-3) and torch.allclose(std, rewards.std(correction=0).clamp(min=0.1), rtol=1e-2)
+    batch = plain.replay.sample(16)
+    with torch.no_grad():
+        # same networks, same transitions: the targets differ by exactly the reward's standardisation
+        diff = scaled.td_error(batch)[0] - plain.td_error(batch)[0]
+    assert torch.allclose(diff, (batch["reward"] - mean) / std - batch["reward"], atol=1e-4)
+
+
 def test_vdn_mix_is_the_sum(compose_cfg):
     _, env, algo = build(compose_cfg, "algo.mixer=vdn")
     q = torch.randn(5, env.spec.n_agents)
@@ -58,7 +104,7 @@ def test_target_is_double_q_through_the_target_agents_and_mixer(compose_cfg):
         p.data.add_(0.1 * torch.randn_like(p))  # targets differ from the online networks
     batch = algo.replay.sample(16)
     with torch.no_grad():
-        td = algo.td_error(batch)
+        td = algo.td_error(batch)[0]
         s, s2 = batch["state"].flatten(1), batch["next_state"].flatten(1)
         q = algo.agent_q(algo.agents, batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
         best = algo.agent_q(algo.agents, batch["next_obs"]).argmax(-1, keepdim=True)  # the online agents choose
@@ -66,7 +112,7 @@ def test_target_is_double_q_through_the_target_agents_and_mixer(compose_cfg):
         expected = batch["reward"] + algo.gamma * (1 - batch["terminated"]) * algo.target_mixer(q_next, s2) - algo.mixer(q, s)
         assert torch.allclose(td, expected, atol=1e-5)
         algo.sync_targets()
-        assert not torch.allclose(algo.td_error(batch), td, atol=1e-4)
+        assert not torch.allclose(algo.td_error(batch)[0], td, atol=1e-4)
 
 
 def test_team_reward_state_and_terminal_flag_in_replay(compose_cfg):
@@ -104,13 +150,13 @@ def test_shared_agents_tell_agents_apart_by_their_id(compose_cfg):
 SHORT = [*QMIX_SMALL, "total_steps=600", "log_interval=200", "checkpoint_interval=400", "eval_episodes=2", "eval_interval=400"]
 
 
-@pytest.mark.parametrize("mixer", ["qmix", "vdn"])
-def test_resume_is_exact(compose_cfg, tmp_path, mixer):
+@pytest.mark.parametrize("mixer, standardise", [("qmix", "false"), ("vdn", "false"), ("qmix", "true")])
+def test_resume_is_exact(compose_cfg, tmp_path, mixer, standardise):
     # a learner rebuilt from its state_dict continues exactly as the original on the same transitions
-    _, env, original = build(compose_cfg, f"algo.mixer={mixer}")
+    _, env, original = build(compose_cfg, f"algo.mixer={mixer}", f"algo.standardise_rewards={standardise}")
     fill(env, original, 80)
     original.update(1000)
-    _, _, restored = build(compose_cfg, f"algo.mixer={mixer}")
+    _, _, restored = build(compose_cfg, f"algo.mixer={mixer}", f"algo.standardise_rewards={standardise}")
     restored.load_state_dict(copy.deepcopy(original.state_dict()))  # as a checkpoint does: no tensor shared with the original
     obs = env.reset()
     for t in range(20):
@@ -128,9 +174,9 @@ def test_resume_is_exact(compose_cfg, tmp_path, mixer):
 
     # and through the runner: stop at a checkpoint, resume to the end, the log has every step
     part = tmp_path / "part"
-    train(compose_cfg([*SHORT, f"algo.mixer={mixer}", "total_steps=400"]), part)
+    train(compose_cfg([*SHORT, f"algo.mixer={mixer}", f"algo.standardise_rewards={standardise}", "total_steps=400"]), part)
     assert checkpoint_paths(part)
-    summary = train(compose_cfg([*SHORT, f"algo.mixer={mixer}", f"resume={part}"]), part)
+    summary = train(compose_cfg([*SHORT, f"algo.mixer={mixer}", f"algo.standardise_rewards={standardise}", f"resume={part}"]), part)
     assert summary["env_steps"] == 600 and [r["step"] for r in read_metrics(part)] == [200, 400, 600]
 
 

@@ -17,6 +17,12 @@ The QMIX mixer is monotonic in every Q_a: its weights are the absolute values of
 the sum. Agents are feed-forward: the same convolutional dueling network as SUPER-DDQN (one weight set per agent, or
 one shared set with the agent's one-hot id as extra input planes); the QMIX paper's agents are recurrent (a GRU over
 the episode), which this transition replay does not carry.
+
+``standardise_rewards`` (EPyMARL's option, off by default as in the QMIX and SUPER papers) trains on
+(r_tot - mean) / std of the team rewards seen so far. On pursuit every pursuer pays -0.1 a step, so the unscaled
+team return is strongly negative, and QMIX's mixer can fit it by pushing every hidden unit's input far below 0,
+where the ELU is flat: dQ_tot/dQ_a (``train/mixer_slope``) falls to about 0, the agents get no gradient, and their
+greedy policy freezes wherever it was.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from torch.nn import functional as F
 from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.hardware import autocast
-from marlrun.nn import DuelingQNetwork
+from marlrun.nn import DuelingQNetwork, RunningNorm
 from marlrun.replay import RingReplay
 
 MIXERS = ("qmix", "vdn")
@@ -47,12 +53,25 @@ class QMixer(nn.Module):
         self.hyper_w2 = nn.Sequential(nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed))
         self.value = nn.Sequential(nn.Linear(state_size, embed), nn.ReLU(), nn.Linear(embed, 1))
 
+    def hidden_input(self, q: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden layer's input W1(s) q + b1(s) [B, embed], and W1(s) [B, A, embed]."""
+        w1 = self.hyper_w1(state).abs().view(-1, self.n_agents, self.embed)
+        return torch.bmm(q.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(state), w1
+
     def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """q [B, A], state [B, S] -> Q_tot [B]."""
-        w1 = self.hyper_w1(state).abs().view(-1, self.n_agents, self.embed)
-        hidden = F.elu(torch.bmm(q.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(state))  # [B, embed]
+        hidden = F.elu(self.hidden_input(q, state)[0])
         w2 = self.hyper_w2(state).abs()
         return (hidden * w2).sum(-1) + self.value(state).squeeze(-1)
+
+    @torch.no_grad()
+    def slope(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """dQ_tot / dQ_a [B, A] = sum_e w2_e elu'(h_e) W1_ae: how far each agent's Q moves the team's, so how much
+        gradient the agents get. It falls to 0 when every hidden unit's input sits far below 0 (elu' = exp(h)): the
+        mixer then fits Q_tot with V(s) alone and the agents stop learning."""
+        h, w1 = self.hidden_input(q, state)
+        elu_grad = torch.where(h > 0, torch.ones_like(h), h.exp())
+        return torch.bmm(w1, (elu_grad * self.hyper_w2(state).abs()).unsqueeze(-1)).squeeze(-1)
 
 
 class VDNMixer(nn.Module):
@@ -60,6 +79,9 @@ class VDNMixer(nn.Module):
 
     def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return q.sum(-1)
+
+    def slope(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(q)
 
 
 class QMIX(Algorithm):
@@ -71,7 +93,7 @@ class QMIX(Algorithm):
     def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "qmix",
                  mixer: str, parameter_sharing: bool, lr: float, optim_alpha: float, optim_eps: float, gamma: float,
                  batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, target_update_interval: int,
-                 max_grad_norm: float, epsilon_start: float, epsilon_end: float, epsilon_decay_steps: int,
+                 max_grad_norm: float, epsilon_start: float, epsilon_end: float, epsilon_decay_steps: int, standardise_rewards: bool,
                  mixing_embed: int, hypernet_embed: int, conv_channels: list[int], conv_kernel: int, hidden: int, head_hidden: int):
         self.spec, self.num_envs, self.device = spec, num_envs, device
         self.n_agents = A = spec.n_agents
@@ -103,6 +125,7 @@ class QMIX(Algorithm):
             "next_obs": ((A, *spec.obs_shape), obs_dtype), "terminated": ((), torch.float32),
             "state": (spec.state_shape, obs_dtype), "next_state": (spec.state_shape, obs_dtype),
         }, device, self.generator, as_float=("obs", "next_obs", "state", "next_state"))
+        self.reward_norm = RunningNorm().to(device) if standardise_rewards else None
         self.pending_updates = 0.0
         self.gradient_steps = 0
         self.last_target_update = 0
@@ -140,7 +163,10 @@ class QMIX(Algorithm):
 
     # ------------------------------------------------------------------ collecting
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
-        self.replay.add(obs=obs, action=actions, reward=step.reward.sum(-1), next_obs=step.next_obs,
+        team_reward = step.reward.sum(-1)
+        if self.reward_norm is not None:
+            self.reward_norm.update(team_reward)
+        self.replay.add(obs=obs, action=actions, reward=team_reward, next_obs=step.next_obs,
                         terminated=step.terminated.all(-1).float(), state=context["state"], next_state=step.next_state)
         self.pending_updates += self.num_envs / self.update_interval
         return {}
@@ -159,8 +185,9 @@ class QMIX(Algorithm):
             self.last_target_update = env_steps
         return metrics
 
-    def td_error(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """y - Q_tot(s, u) [B] in fp32, y from the target agents and mixer at the online agents' greedy actions."""
+    def td_error(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """y - Q_tot(s, u) [B] in fp32, y from the target agents and mixer at the online agents' greedy actions; and
+        the agents' Q_a(o_a, u_a) [B, A] it mixed."""
         state, next_state = batch["state"].flatten(1), batch["next_state"].flatten(1)
         with self.autocast():
             q_taken = self.agent_q(self.agents, batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, A]
@@ -169,18 +196,22 @@ class QMIX(Algorithm):
                 best = self.agent_q(self.agents, batch["next_obs"]).argmax(-1, keepdim=True)
                 next_q = self.agent_q(self.target_agents, batch["next_obs"]).gather(-1, best).squeeze(-1)
                 next_q_tot = self.target_mixer(next_q.float(), next_state).float()
-        target = batch["reward"] + self.gamma * (1.0 - batch["terminated"]) * next_q_tot
-        return target - q_tot
+        reward = batch["reward"] if self.reward_norm is None else self.reward_norm.normalize(batch["reward"])
+        target = reward + self.gamma * (1.0 - batch["terminated"]) * next_q_tot
+        return target - q_tot, q_taken
 
     def gradient_step(self) -> dict[str, torch.Tensor]:
-        td = self.td_error(self.replay.sample(self.batch_size))
+        batch = self.replay.sample(self.batch_size)
+        td, q_taken = self.td_error(batch)
+        slope = self.mixer.slope(q_taken.detach().float(), batch["state"].flatten(1))  # before this step moves the mixer
         loss = td.pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.gradient_steps += 1
-        return {"train/loss": loss.detach(), "train/td_error": td.detach().abs().mean(), "train/grad_norm": grad_norm}
+        return {"train/loss": loss.detach(), "train/td_error": td.detach().abs().mean(), "train/grad_norm": grad_norm,
+                "train/mixer_slope": slope.mean()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self, include_replay: bool = True) -> dict:
@@ -190,6 +221,8 @@ class QMIX(Algorithm):
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps, "last_target_update": self.last_target_update,
         }
+        if self.reward_norm is not None:
+            state["reward_norm"] = self.reward_norm.state_dict()
         if include_replay:
             state["replay"] = self.replay.state_dict()
         return state
@@ -204,5 +237,7 @@ class QMIX(Algorithm):
         self.pending_updates = state["pending_updates"]
         self.gradient_steps = state["gradient_steps"]
         self.last_target_update = state["last_target_update"]
+        if self.reward_norm is not None:
+            self.reward_norm.load_state_dict(state["reward_norm"])
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
