@@ -471,6 +471,24 @@ def test_compare_names_a_group_by_parts_of_its_label_in_any_order():
         resolve_group(", ", labels)
 
 
+def test_compare_names_a_group_by_its_config_when_the_table_labels_groups_by_their_overrides():
+    # with QMIX among them, more keys differ than a label shows, so the groups are labelled by their Hydra overrides
+    # ("algo.sharing=none" for independent DDQN); a name by config keys must still find the same group
+    from marlrun.report.cli import resolve_pairs
+    from marlrun.report.runs import ABSENT, Group
+
+    groups = [Group("algo.sharing=none", {"algo.sharing": "none", "algo.parameter_sharing": False, "algo.name": "super_ddqn"}, []),
+              Group("algo.sharing=none, algo.parameter_sharing=true", {"algo.sharing": "none", "algo.parameter_sharing": True, "algo.name": "super_ddqn"}, []),
+              Group("algo.sharing=quantile", {"algo.sharing": "quantile", "algo.parameter_sharing": False, "algo.name": "super_ddqn"}, []),
+              Group("algo=qmix", {"algo.sharing": ABSENT, "algo.parameter_sharing": True, "algo.name": "qmix"}, [])]
+    assert resolve_pairs([("quantile", "algo.sharing=none,parameter_sharing=false"), ("quantile", "sharing=none, parameter_sharing=true"),
+                          ("quantile", "qmix"), ("algo.sharing=none", "parameter_sharing=true, name=qmix")], groups) == [
+        ("algo.sharing=quantile", "algo.sharing=none"), ("algo.sharing=quantile", "algo.sharing=none, algo.parameter_sharing=true"),
+        ("algo.sharing=quantile", "algo=qmix"), ("algo.sharing=none", "algo=qmix")]
+    with pytest.raises(UserError, match="'parameter_sharing=true' names 2 groups"):
+        resolve_pairs([("quantile", "parameter_sharing=true")], groups)
+
+
 def test_compare_names_an_unknown_or_ambiguous_group_with_one_clear_error(sweep, tmp_path):
     with pytest.raises(UserError, match=r"no group is named 'gaussian'; the groups are: 'algo.sharing=none'; 'algo.sharing=quantile'"):
         report.main([str(sweep), "--compare", "quantile", "gaussian", *FAST])

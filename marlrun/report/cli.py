@@ -14,7 +14,7 @@ from rich.text import Text
 from marlrun.errors import UserError
 from marlrun.report.output import (comparisons_table, plot_curves, plot_file, plot_profile, problem_rows, problems_table,
                                    results_table, write_improvement_csv, write_profile_csv, write_report_csv, write_runs_csv)
-from marlrun.report.runs import BOOKKEEPING_KEYS, Group, group_runs, load_runs
+from marlrun.report.runs import BOOKKEEPING_KEYS, Group, format_value, group_runs, load_runs
 from marlrun.report.stats import add_reliable_statistics, analyse, choose_metrics, profiles
 
 # ---------------------------------------------------------------------------- command line
@@ -74,7 +74,8 @@ def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group]) -> li
     from marlrun.report.reliable import resolve_group
 
     labels = [g.label for g in groups]
-    resolved = [(resolve_group(a, labels), resolve_group(b, labels)) for a, b in pairs]
+    settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
+    resolved = [(resolve_group(a, labels, settings), resolve_group(b, labels, settings)) for a, b in pairs]
     for a, b in resolved:
         if a == b:
             raise UserError(f"--compare: both names give the group {a!r}; compare two different groups")

@@ -99,14 +99,18 @@ def profile_taus(values: Sequence[float], n: int = 51) -> np.ndarray:
     return np.linspace(low - pad, high, n)
 
 
-def resolve_group(name: str, labels: Sequence[str]) -> str:
-    """The group label ``name`` names: an exact label, else the only label containing each of its comma-separated
-    parts (``"algo.sharing=none, parameter_sharing=false"`` names a label holding both, whatever else it holds and in
-    whatever order). UserError otherwise."""
+def resolve_group(name: str, labels: Sequence[str], settings: Sequence[Sequence[str]] = ()) -> str:
+    """The group label ``name`` names: an exact label, else the only group each of whose comma-separated parts is in
+    its label or in one of its ``settings`` (its ``key=value`` for each config key that differs between the groups).
+    So ``"algo.sharing=none, parameter_sharing=false"`` names the group holding both, whatever else it holds and in
+    whatever order, whether the table labels the groups by those keys or by their Hydra overrides (``algo=qmix``).
+    UserError otherwise."""
     if name in labels:
         return name
     parts = [part.strip() for part in name.split(",") if part.strip()]
-    matches = [label for label in labels if parts and all(part in label for part in parts)]
+    settings = settings or [()] * len(labels)
+    matches = [label for label, own in zip(labels, settings)
+               if parts and all(part in label or any(part in setting for setting in own) for part in parts)]
     if len(matches) == 1:
         return matches[0]
     shown = "; ".join(repr(label) for label in labels)
