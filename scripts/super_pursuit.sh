@@ -27,15 +27,20 @@ shift || true
 results=${RESULTS:-docs/results/super_pursuit}
 lanes=${LANES:-2}
 threads=${THREADS:-$(( $(nproc) / lanes > 0 ? $(nproc) / lanes : 1 ))}
-plan_groups="none all quantile gaussian stochastic parameter_sharing qmix" plan_seeds="0 1 2"   # the whole sweep
+plan_groups="none all quantile gaussian stochastic parameter_sharing qmix qmix_std vdn ippo mappo" plan_seeds="0 1 2"   # the whole sweep
 read -r -a groups <<< "${SWEEP_GROUPS:-$plan_groups}"
 read -r -a seeds <<< "${SWEEP_SEEDS:-$plan_seeds}"
 
-overrides_of() {  # the group's overrides
+overrides_of() {  # the group's overrides, its experiment preset first
   case $1 in
-    parameter_sharing) echo "algo.sharing=none algo.parameter_sharing=true" ;;
-    qmix) echo "algo=qmix" ;;
-    *) echo "algo.sharing=$1" ;;
+    parameter_sharing) echo "experiment=super_pursuit algo.sharing=none algo.parameter_sharing=true" ;;
+    qmix) echo "experiment=super_pursuit algo=qmix" ;;
+    qmix_std) echo "experiment=super_pursuit algo=qmix algo.standardise_rewards=true" ;;
+    vdn) echo "experiment=super_pursuit algo=qmix algo.mixer=vdn algo.standardise_rewards=true" ;;
+    # PPO: its own preset (16 copies x 128 steps per update), evaluated on the paper's protocol (20 episodes every
+    # 4,000 env steps; the preset's evaluation samples from the policy, see conf/experiment/ppo_pursuit.yaml)
+    ippo|mappo) echo "experiment=ppo_pursuit algo=$1 eval_interval=4000 eval_episodes=20 log_interval=4096 checkpoint_interval=100000" ;;
+    *) echo "experiment=super_pursuit algo.sharing=$1" ;;
   esac
 }
 
@@ -70,7 +75,7 @@ run_one() {  # group seed
   else
     rm -rf "$dir"
     # shellcheck disable=SC2046
-    until_stop marlrun train experiment=super_pursuit $(overrides_of "$1") seed="$2" hardware.torch_threads="$threads" progress=false \
+    until_stop marlrun train $(overrides_of "$1") seed="$2" hardware.torch_threads="$threads" progress=false \
       hydra.run.dir="$dir" "${extra[@]}" > "$log" 2>&1 || echo "$1 seed $2: failed, see $log" >> "$out/errors.log"
   fi
   if finished "$dir"; then
