@@ -36,17 +36,17 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
-from hydra.utils import get_class, instantiate
 from rich.console import Console
 from rich.table import Table
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
-from marlrun.config import register_configs, validate
+from marlrun.build import BuiltRun, build_run
+from marlrun.config import register_configs
 from marlrun.errors import UserError
+from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, cpu_bf16_units, cpu_model
 from marlrun.metrics import read_metrics
-from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, cpu_bf16_units, cpu_model, setup, torch_threads
-from marlrun.runner import make_env, train
+from marlrun.runner import train
 
 RESULT = "BENCH_RESULT "  # prefix of the line a child process reports its figures on
 
@@ -84,44 +84,35 @@ def random_actions(spec, num_envs: int, gen: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(num_envs, spec.n_agents, spec.n_actions, generator=gen)
 
 
-def raw_throughput(cfg, seconds: float, device: torch.device) -> tuple[float, int, int]:
-    """Env steps per second with random actions, the number of agents, and the worker processes the env started."""
-    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
-    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=env.worker_processes))  # as `marlrun train` does
-    try:
-        env.reset()
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(5):  # warm up the workers
-            env.step(random_actions(env.spec, env.num_envs, gen))
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            env.step(random_actions(env.spec, env.num_envs, gen))
-            steps += env.num_envs
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return steps / (time.perf_counter() - start), env.spec.n_agents, env.worker_processes
-    finally:
-        env.close()
+def raw_throughput(built: BuiltRun, seconds: float) -> float:
+    """Env steps per second of the run's environment with random actions."""
+    env = built.env
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):  # warm up the workers
+        env.step(random_actions(env.spec, env.num_envs, gen))
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        env.step(random_actions(env.spec, env.num_envs, gen))
+        steps += env.num_envs
+    if built.device.type == "cuda":
+        torch.cuda.synchronize(built.device)
+    return steps / (time.perf_counter() - start)
 
 
-def act_throughput(cfg, seconds: float, device: torch.device, precision: str) -> float:
+def act_throughput(built: BuiltRun, seconds: float) -> float:
     """Env steps per second with the algorithm (untrained) choosing every action: acting without learning."""
-    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
-    try:
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
-                                                                      precision=precision)
-        obs = env.reset()
-        for _ in range(2):  # warm up
-            obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
-            steps += env.num_envs
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return steps / (time.perf_counter() - start)
-    finally:
-        env.close()
+    env, algo = built.env, built.algo
+    obs = env.reset()
+    for _ in range(2):  # warm up
+        obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        obs = env.step(algo.act(obs, 0, greedy=True, context=env.context())).obs
+        steps += env.num_envs
+    if built.device.type == "cuda":
+        torch.cuda.synchronize(built.device)
+    return steps / (time.perf_counter() - start)
 
 
 def train_throughput(overrides: list[str], learning_starts: int, train_steps: int, log: int) -> tuple[float, float]:
@@ -142,17 +133,20 @@ def measure_case(name: str, extra: list[str], seconds: float, train_steps: int |
         return measure_learner(name, extra)
     case_overrides, default_steps, log = CASES[name]
     overrides = [*case_overrides, *extra]
-    cfg = compose_config(overrides)
-    validate(cfg)
-    device, precision = setup(cfg.hardware, auto_bf16=get_class(cfg.algo._target_).auto_bf16)
-    raw, n_agents, workers = raw_throughput(cfg, seconds, device)
+    built = build_run(compose_config(overrides), with_algo=bool(default_steps))  # as `marlrun train` builds it
+    cfg, device, n_agents = built.cfg, built.device, built.env.spec.n_agents
+    try:
+        raw = raw_throughput(built, seconds)
+        act = act_throughput(built, seconds) if default_steps else None
+        workers = built.env.worker_processes
+    finally:
+        built.close()
     result = {
         "case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name, "agents": n_agents,
-        "num_envs": cfg.hardware.num_envs, "env_workers": workers, "device": str(device), "precision": precision,
+        "num_envs": cfg.hardware.num_envs, "env_workers": workers, "device": str(device), "precision": built.precision,
         "torch_threads": torch.get_num_threads(), "raw_env_steps_per_sec": round(raw, 1), "raw_agent_steps_per_sec": round(raw * n_agents, 1),
     }
     if default_steps:
-        act = act_throughput(cfg, seconds, device, precision)
         steps_per_sec, updates_per_sec = train_throughput(overrides, cfg.algo.get("learning_starts", 0), train_steps or default_steps, log)
         result.update({
             "act_env_steps_per_sec": round(act, 1), "act_agent_steps_per_sec": round(act * n_agents, 1),
@@ -207,28 +201,28 @@ def matmul_peak(shapes, dtype: torch.dtype, device: torch.device) -> float:
 
 def measure_learner(name: str, extra: list[str]) -> dict:
     """The paper's SUPER-DDQN update alone, in each precision the machine has, beside the matmul peak of its shapes."""
-    cfg = compose_config([*LEARNER_CASES[name], *extra])
-    validate(cfg)
-    device, _ = setup(cfg.hardware)
-    env = make_env(cfg, cfg.hardware.num_envs, cfg.seed, device)
-    spec = env.spec
-    env.close()
-    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=0))  # the learner alone: every core it may use
-    result = {"case": name, "overrides": [*LEARNER_CASES[name], *extra], "algo": cfg.algo.name, "env": cfg.env.name,
-              "agents": spec.n_agents, "batch_per_agent": cfg.algo.batch_size, "device": str(device),
-              "torch_threads": torch.get_num_threads(), "precisions": {}}
+    overrides = [*LEARNER_CASES[name], *extra]
 
     def filled_learner(precision: str, batch_size: int):
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=spec, num_envs=cfg.hardware.num_envs, device=device,
-                                                                      seed=cfg.seed, precision=precision, batch_size=batch_size)
+        """The learner as training builds it, in ``precision``, minibatches of ``batch_size``, its replay filled."""
+        built = build_run(compose_config([*overrides, f"hardware.precision={precision}", "hardware.env_workers=0"]), batch_size=batch_size)
+        built.close()
+        algo, spec, device = built.algo, built.env.spec, built.device
         gen = torch.Generator(device=device).manual_seed(0)
-        n = min(5000, cfg.algo.buffer_size)  # a replay of random transitions, n per agent
+        n = min(5000, built.cfg.algo.buffer_size)  # a replay of random transitions, n per agent
         agent = torch.arange(spec.n_agents, device=device).repeat_interleave(n)
         obs = torch.randint(0, 3, (len(agent), *spec.obs_shape), generator=gen, device=device).to(spec.obs_storage_dtype)
         actions = torch.randint(0, spec.n_actions, (len(agent),), generator=gen, device=device)
         algo.replay.add(agent, obs, actions, torch.randn(len(agent), generator=gen, device=device), obs, torch.zeros(len(agent), device=device))
         algo.replay_ready = True
         return algo
+
+    reference = filled_learner("fp32", 1)  # the device, the spec and the thread count the learner runs with
+    cfg = compose_config(overrides)
+    device, spec = reference.device, reference.spec
+    result = {"case": name, "overrides": overrides, "algo": cfg.algo.name, "env": cfg.env.name,
+              "agents": spec.n_agents, "batch_per_agent": cfg.algo.batch_size, "device": str(device),
+              "torch_threads": torch.get_num_threads(), "precisions": {}}
 
     for precision in [p for p in PRECISIONS if p != "auto" and (p == "fp32" or bf16_supported(device))]:
         # The same update with one sample per agent: what it costs whatever the batch (kernel dispatch, weight casts

@@ -57,6 +57,8 @@ def _hydra_message(exc: BaseException) -> str:
     from hydra.errors import OverrideParseException
 
     if isinstance(exc, OverrideParseException) and "=" in exc.override:
+        from marlrun.runfolder import hydra_quoted
+
         key, value = exc.override.split("=", 1)
         if re.search(r"[\s'\"\\]|[^\x00-\x7f]", value) and not (value[:1] in "'\"" and value[-1:] == value[:1]):
             return (f"{exc.override}: Hydra cannot read this value unquoted (spaces, quotes or non-ASCII characters); "
@@ -69,11 +71,6 @@ def _hydra_message(exc: BaseException) -> str:
     return text
 
 
-def hydra_quoted(value: str) -> str:
-    """``value`` as a quoted Hydra override value: a path with spaces or other characters Hydra's lexer refuses."""
-    return "'" + str(value).replace("'", "\\'") + "'"
-
-
 def _resume_args(args: list[str]) -> list[str] | str:
     """Turn `resume=RUN_DIR` into Hydra arguments that compose the run's saved config in its own folder, and lock it."""
     resume = [a for a in args if a.startswith("resume=")]
@@ -81,7 +78,7 @@ def _resume_args(args: list[str]) -> list[str] | str:
         return args
     if "-m" in args or "--multirun" in args:
         return "resume= continues one run; drop -m/--multirun (a sweep's jobs are resumed one by one)"
-    from marlrun.runfolder import unquoted
+    from marlrun.runfolder import hydra_quoted, unquoted
 
     value = unquoted(resume[-1].split("=", 1)[1])
     if not value:
@@ -229,7 +226,7 @@ def _train(args: list[str]) -> int:
     except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): rerun the unfinished jobs
         if not multirun:
             raise
-        from marlrun.runner import console
+        from marlrun.console import console
         from marlrun.sweep import rerun_unfinished, sweep_dirs
 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -246,7 +243,7 @@ def _train(args: list[str]) -> int:
 
 def _sweep_exit() -> int:
     """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish."""
-    from marlrun.runner import console
+    from marlrun.console import console
     from marlrun.sweep import summarize_sweep, sweep_dirs
 
     failed = sum(summarize_sweep(d, console) for d in sweep_dirs if d.is_dir())

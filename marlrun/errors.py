@@ -14,6 +14,22 @@ class UserError(Exception):
     """
 
 
+def require(ok: bool, key: str, message: str) -> None:
+    """A config schema's range check: a UserError ``key: message`` unless ``ok``."""
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def require_batch_fits(batch_size: int, buffer_size: int) -> None:
+    require(batch_size <= buffer_size, "algo.batch_size",
+            f"a minibatch of {batch_size} cannot come from a replay of {buffer_size}; lower algo.batch_size or raise algo.buffer_size")
+
+
+def require_one_of(value, options, key: str, what: str = "value") -> None:
+    """A config schema's check that ``value`` is one of ``options``."""
+    require(value in options, key, f"unknown {what} '{value}'; pick one of {', '.join(map(str, options))}")
+
+
 def write_failed(path: Path, exc: BaseException) -> UserError:
     """A write that failed (a full disk, most often) as one line naming the folder. Call it before removing the
     partial file: torch reports a full disk only as a failed C++ write, so the disk's free space tells."""

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from rich.table import Table
 
-from marlrun.config import MAX_SEED, HardwareConfig, load_run_config
+from marlrun.build import build_run, env_seed
+from marlrun.checkpoint import checkpoint_paths, load_checkpoint
+from marlrun.config import MAX_SEED, load_run_config
+from marlrun.console import console
 from marlrun.errors import UserError
+from marlrun.hardware import HardwareConfig, resolve_device
 from marlrun.metrics import write_json
+from marlrun.render import add_animation_to_tensorboard, write_animation
+from marlrun.runner import evaluate
 
 USAGE = """usage: marlrun eval RUN_DIR [key=value ...]
 
@@ -88,8 +93,6 @@ def writable_folder(folder: Path, option: str) -> None:
 
 
 def choose_checkpoint(run_dir: Path, which: str | None) -> Path:
-    from marlrun.checkpoint import checkpoint_paths
-
     paths = checkpoint_paths(run_dir)
     if which is None:
         if not paths:
@@ -108,20 +111,12 @@ def choose_checkpoint(run_dir: Path, which: str | None) -> Path:
 
 
 def evaluate_run(run_dir: Path, options: dict) -> dict:
-    """Play the run's policy as ``options`` say; returns {"step", "seed", "metrics", "training", "files"}."""
-    from hydra.utils import get_class, instantiate
-
-    from marlrun.algos.base import check_compatible
-    from marlrun.checkpoint import load_checkpoint
-    from marlrun.hardware import keep_freed_memory, resolve_device, resolve_precision, torch_threads
-    from marlrun.runner import env_seed, evaluate, make_env, seed_everything
-
+    """Play the run's policy as ``options`` say; returns {"step", "seed", "metrics", "training", "files"}. The run is
+    built as training built it (``build_run``: the same precision, numerics and torch threads), with ``episodes``
+    copies of the environment in this process, seeded as training's evaluation was."""
     cfg = load_run_config(run_dir)
     path = choose_checkpoint(run_dir, options.get("checkpoint"))
-    device = resolve_device(options.get("device", cfg.hardware.device))
-    precision = resolve_precision(cfg.hardware.precision, device, auto_bf16=get_class(cfg.algo._target_).auto_bf16)
-    keep_freed_memory()
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=resolve_device(options.get("device", cfg.hardware.device)))
     step = int(state["env_steps"])
     seed = int(options.get("seed", cfg.seed))
     episodes = int(options.get("episodes", cfg.eval_episodes or 10))
@@ -131,26 +126,17 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     if "video" in options:
         writable_folder(Path(options["video"]).expanduser().absolute().parent, "; choose another video=PATH")
 
-    seed_everything(seed)
-    cfg.hardware.env_workers = 0  # the copies step in this process (and can be drawn)
-    env = make_env(cfg, episodes, env_seed(seed, 1), device)
-    torch.set_num_threads(torch_threads(cfg.hardware, env_workers=env.worker_processes))  # as in training's evaluation
+    # the copies step in this process (and can be drawn); torch computes with the threads training used
+    built = build_run(cfg, seed=seed, env_copies=episodes, env_stream=1, env_workers=0, device=options.get("device"),
+                      threads=state.get("torch_threads"))
+    env, algo = built.env, built.algo
     try:
-        algo_cls = get_class(cfg.algo._target_)
-        check_compatible(algo_cls, env.spec)
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=cfg.hardware.num_envs, device=device, seed=seed,
-                                                                      precision=precision)
         try:
             algo.load_state_dict(state["algo"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise UserError(f"{path} does not fit the run's config ({type(exc).__name__}); was .hydra/config.yaml edited?") from None
         frames: list = []
-        draw = None
-        if render:
-            from marlrun.render import frame
-
-            draw = lambda e: frames.append(frame(e, 0))  # noqa: E731
-        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=draw)
+        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=(lambda e: frames.append(e.frame(0))) if render else None)
     finally:
         env.close()
 
@@ -160,8 +146,6 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     name = f"step_{step}_seed_{seed}"
     files = [out_dir / f"{name}.json"]
     if render:
-        from marlrun.render import add_animation_to_tensorboard, write_animation
-
         fps = int(options.get("fps", 10))
         video = Path(options["video"]).expanduser() if "video" in options else out_dir / f"{name}.gif"
         files.append(write_animation(frames, video, fps=fps))
@@ -193,8 +177,6 @@ def print_result(record: dict, console) -> None:
 
 
 def main(args: list[str]) -> int:
-    from marlrun.runner import console
-
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0

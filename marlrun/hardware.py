@@ -15,11 +15,37 @@ import ctypes.util
 import functools
 import os
 import platform
+from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 
-from marlrun.errors import UserError
+from marlrun.errors import UserError, require
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@dataclass
+class HardwareConfig:
+    """Where training runs and how the environment copies are spread. Defaults: hardware=auto (conf/hardware/ holds
+    the cpu and cuda presets)."""
+
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    torch_threads: int = 0  # intra-op threads for torch in the main process; 0 = OMP_NUM_THREADS if set, else the cores env workers leave free (1 to 4)
+    num_envs: int = 4  # parallel environment copies stepped together (each step counts num_envs env steps)
+    env_workers: int = 1  # worker processes that step the copies; 0 = step them in the main process (the native pursuit backend uses none)
+    precision: str = "auto"  # fp32 | bf16 (the networks' matmuls under autocast; refused where the hardware has no bf16 units) | auto (bf16 where it is the faster: AMX, AMD's AVX-512-BF16)
+    flush_denormal: bool = True  # CPU: flush denormal floats to zero (FTZ/DAZ), which the slow microcode path for them makes much faster
+
+    def __post_init__(self) -> None:
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "hardware.device",
+            f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N",
+        )
+        require(self.torch_threads >= 0, "hardware.torch_threads", "must be >= 0 (0 = automatic)")
+        require(self.num_envs >= 1, "hardware.num_envs", "must be >= 1")
+        require(self.env_workers >= 0, "hardware.env_workers", "must be >= 0 (0 = in the main process)")
+        require(self.precision in PRECISIONS, "hardware.precision", f"unknown precision '{self.precision}'; pick one of {', '.join(PRECISIONS)}")
 
 
 # ---------------------------------------------------------------------------- device and threads
@@ -43,7 +69,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def torch_threads(hardware: DictConfig, parallel_jobs: int = 1, env_workers: int | None = None) -> int:
+def torch_threads(hardware: HardwareConfig, parallel_jobs: int = 1, env_workers: int | None = None) -> int:
     """Explicit setting; else OMP_NUM_THREADS where a launcher (Ray, joblib's workers) or the user set it; else this
     job's share of the cores (``parallel_jobs`` run side by side) less its environment worker processes (at least 1,
     at most 4). ``env_workers``: the processes the environment really started (``VecEnv.worker_processes``: none for
@@ -79,8 +105,6 @@ def keep_freed_memory() -> bool:
 
 
 # ---------------------------------------------------------------------------- precision
-
-PRECISIONS = ("fp32", "bf16", "auto")
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -180,14 +204,14 @@ def flush_denormals(on: bool) -> None:
     torch.set_flush_denormal(on)
 
 
-def setup(hardware: DictConfig, auto_bf16: bool = True) -> tuple[torch.device, str]:
+def setup(hardware: HardwareConfig, auto_bf16: bool = True) -> tuple[torch.device, str]:
     """Apply ``hardware`` to this process (denormals, allocator, TF32); returns the device and the precision to run
     (``auto_bf16``: see ``resolve_precision``).
 
     Torch's thread count is set once the environment is built and its worker processes are known (torch_threads)."""
     device = resolve_device(hardware.device)
     precision = resolve_precision(hardware.precision, device, auto_bf16)
-    flush_denormals(hardware.get("flush_denormal", True))
+    flush_denormals(hardware.flush_denormal)
     keep_freed_memory()
     allow_tf32(device)
     return device, precision

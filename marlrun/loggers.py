@@ -119,7 +119,7 @@ class Tracker(Logger):
 
 
 def warn(message: str) -> None:
-    from marlrun.runner import console
+    from marlrun.console import console
 
     console.print(f"[yellow]{message}")
 

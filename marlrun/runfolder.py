@@ -53,6 +53,11 @@ def release(folder: Path | None = None) -> None:
             os.close(fd)
 
 
+def hydra_quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value: a path with spaces or other characters Hydra's lexer refuses."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
 def quoted(path: Path | str) -> str:
     """A path as a shell word: the resume hints printed for a folder with spaces work when pasted."""
     return shlex.quote(str(path))
@@ -142,8 +147,6 @@ class RunFolderGuard(Callback):
             if lock(candidate):
                 break
         if candidate != folder:  # the jobs' configs are composed again from the Hydra overrides: change both
-            from marlrun.cli import hydra_quoted
-
             with read_write(config), open_dict(config):
                 config.hydra.sweep.dir = str(candidate)
                 config.hydra.overrides.hydra = [*config.hydra.overrides.hydra, f"hydra.sweep.dir={hydra_quoted(candidate)}"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -12,45 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from marlrun.algos.base import Algorithm, check_compatible
+from marlrun.algos.base import Algorithm
+from marlrun.build import build_run, env_seed, make_env
 from marlrun.checkpoint import RESUME_KEYS, RUN_STATE_KEYS, checkpoint_paths, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from marlrun.config import validate
+from marlrun.console import console
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
-from marlrun.hardware import setup, torch_threads
+from marlrun.hardware import resolve_device
 from marlrun.loggers import make_loggers
 from marlrun.metrics import SUMMARY_FILE, MeanTracker, MetricWriter, write_json
 from marlrun.runfolder import quoted
-
-console = Console(stderr=True)
 
 
 # ---------------------------------------------------------------------------- set-up
 def next_multiple(step: int, interval: int) -> int:
     """The first multiple of ``interval`` after ``step``: when the next log, evaluation or checkpoint is due."""
     return (step // interval + 1) * interval
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def env_seed(seed: int, stream: int) -> int:
-    """Seed for an environment stream: 0 = training, 1 = evaluation, 2+k = training after the k-th resume."""
-    return seed if stream == 0 else int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
-
-
-def make_env(cfg: DictConfig, num_envs: int, seed: int, device: torch.device):
-    return instantiate(cfg.env, num_envs=num_envs, num_workers=cfg.hardware.env_workers, seed=seed, device=device)
 
 
 def config_tree(cfg: DictConfig) -> Tree:
@@ -162,33 +144,24 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     """
     run_dir = Path(run_dir)
     cfg = validate(cfg)  # typed by the schemas (a resumed run's saved config too), interpolations resolved
-    algo_cls = get_class(cfg.algo._target_)
-    device, precision = setup(cfg.hardware, auto_bf16=algo_cls.auto_bf16)
 
     checkpoint = None
     if cfg.resume:
         paths = checkpoint_paths(run_dir)
         if not paths:
             raise UserError(f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead")
-        checkpoint = load_checkpoint(paths[-1], map_location=device, required=RUN_STATE_KEYS + RESUME_KEYS)
+        checkpoint = load_checkpoint(paths[-1], map_location=resolve_device(cfg.hardware.device), required=RUN_STATE_KEYS + RESUME_KEYS)
     resumes = checkpoint["resumes"] + 1 if checkpoint else 0
     remove_stale_temp_files(run_dir)  # this process owns the folder: a temporary file is a dead writer's
     if not checkpoint:
         save_resolved_config(cfg, run_dir)
     loggers = make_loggers(cfg, run_dir)  # each checked now (installed, tracking store usable): one line, before anything is built
 
-    seed_everything(cfg.seed)
-    with out_of_memory_is_a_user_error(cfg):
-        env = make_env(cfg, cfg.hardware.num_envs, env_seed(cfg.seed, 0 if resumes == 0 else 1 + resumes), device)
-    torch.set_num_threads(torch_threads(cfg.hardware, parallel_jobs, env.worker_processes))
+    built = build_run(cfg, env_stream=0 if resumes == 0 else 1 + resumes, parallel_jobs=parallel_jobs)
+    algo, env, device, precision = built.algo, built.env, built.device, built.precision
     run = None
     summary = None
     try:
-        check_compatible(algo_cls, env.spec)
-        with out_of_memory_is_a_user_error(cfg):
-            algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=env.num_envs, device=device, seed=cfg.seed,
-                                                                              precision=precision)
-        env.provide_state = algo.uses_state  # a copy of the whole map every step: only for those who learn from it
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
         run = Run(cfg, run_dir, algo, env, device, precision, resumes)
@@ -387,6 +360,7 @@ class Run:
             "env_steps": self.env_steps,
             "tracker": self.tracker.state_dict(), "recent_returns": list(self.recent), "evals": self.evals,
             "wall_time": self.wall() if wall is None else wall, "resumes": self.resumes, "torch_rng": torch.get_rng_state(),
+            "torch_threads": torch.get_num_threads(),  # so that `marlrun eval` computes with the same threads
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
         save_checkpoint(self.run_dir, self.env_steps, state, self.cfg.keep_checkpoints)
@@ -435,33 +409,6 @@ def non_finite_state(algo: Algorithm) -> str | None:
             if not bool(torch.isfinite(t).all()):
                 return f"the {what} holds {'nan' if bool(t.isnan().any()) else 'inf'}"
     return None
-
-
-class out_of_memory_is_a_user_error:
-    """An allocation that cannot be served while the environments or the learner are built: one line naming the keys
-    that size them, instead of the allocator's message."""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is None:
-            return False
-        while exc.__cause__ is not None and not isinstance(exc, (MemoryError, RuntimeError)):  # instantiate() wraps it
-            exc = exc.__cause__
-        text = str(exc)
-        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
-            sizes = ", ".join(f"{k}={OmegaConf.select(self.cfg, k)}" for k in ("hardware.num_envs", "algo.buffer_size", "eval_episodes")
-                              if OmegaConf.select(self.cfg, k) is not None)
-            import re
-
-            asked = re.search(r"allocate (\d+) bytes", text)
-            what = f"an allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed" if asked else " ".join(text.split())[:120]
-            raise UserError(f"not enough memory to build the run ({sizes}): {what}; lower them") from None
-        return False
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -33,7 +33,7 @@ class SweepRecorder(Callback):
         sweeper = config.hydra.sweeper
         metric = str(config.get("objective", {}).get("metric", ""))
         if "optuna" in str(sweeper.get("_target_", "")).lower() and str(sweeper.get("direction")).endswith("minimize") and "return" in metric:
-            from marlrun.runner import console
+            from marlrun.console import console
 
             console.print(f"[yellow]hydra.sweeper.direction is minimize: Optuna will look for the lowest {metric}; "
                           "hydra.sweeper.direction=maximize looks for the highest")
@@ -159,7 +159,7 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
             return None
         value, missing, spec = run_objective(run_dir)
         if missing and searching(hydra_cfg):
-            from marlrun.runner import console
+            from marlrun.console import console
 
             console.print(f"[yellow]job {run_dir.name}: no objective ({spec['metric']}, {spec['aggregate']}): {missing}")
         return value
@@ -255,7 +255,7 @@ def rerun_unfinished(sweep_dir: Path, console: Console) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from marlrun.checkpoint import checkpoint_paths
-    from marlrun.cli import hydra_quoted
+    from marlrun.runfolder import hydra_quoted
     from marlrun.runfolder import lock, release
 
     import os

@@ -2,24 +2,29 @@
 
 The runner owns the loop; an algorithm owns its learning:
 
+- ``Algorithm(cfg, spec, num_envs, device, seed, precision)``: ``cfg`` is the algorithm's typed config, the dataclass
+  schema defined beside its class (``Config``), which states every key's default and meaning once;
 - ``act(obs, env_steps, greedy, context)``: actions [E, A] for observations [E, A, ...]; ``context`` is the
   environment's ``context()``: what some algorithms need beyond observations (neighbours and previous actions
   for mean fields), {} for most environments.
 - ``observe(obs, actions, step, context)``: the transitions of one vectorised env step, with the ``context`` the
   actions were chosen in (so an algorithm that learns from the global state gets the state of ``obs``).
-- ``update(env_steps)``: whatever gradient steps are due; returns scalars to log.
-- ``schedule(env_steps)``: the values of its schedules (epsilon...), logged at every log step.
-- ``state_dict()`` / ``load_state_dict()``: tensors and plain data only.
+- ``update(env_steps)``: whatever gradient steps are due; returns scalars to log, named ``train/...``.
+- ``schedule(env_steps)``: the values of its schedules (epsilon...), logged at every log step, named ``train/...``.
+- ``state_keys``: the attributes that make up its state; ``state_dict()`` / ``load_state_dict()`` save and restore
+  them (tensors and plain data only), and ``replay_keys`` name those a checkpoint may leave out (``save_replay``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+from collections import deque
+from typing import Any, ClassVar
 
 import torch
 
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
+from marlrun.hardware import autocast
 
 REQUIREMENT_HELP = {
     "discrete_actions": ("discrete actions", lambda spec: spec.discrete_actions),
@@ -32,14 +37,29 @@ REQUIREMENT_HELP = {
 }
 
 
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """``start`` moving linearly to ``end`` over ``duration`` env steps, then ``end``."""
+    frac = min(1.0, step / duration)
+    return start + frac * (end - start)
+
+
 class Algorithm:
-    name: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
     suggestion: ClassVar[str] = ""  # what to pick instead when an environment does not fit
     # hardware.precision=auto may run its networks in bf16 where the CPU's bf16 is the faster; False for networks so
     # small that casting costs more than bf16 saves (auto then runs fp32; an explicit bf16 still runs bf16)
     auto_bf16: ClassVar[bool] = True
+    state_keys: ClassVar[tuple[str, ...]] = ()  # the attributes that make up the learner's state, as checkpoints hold it
+    replay_keys: ClassVar[tuple[str, ...]] = ("replay",)  # of those, what a checkpoint leaves out with save_replay=false
     gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
+
+    def __init__(self, cfg: Any, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        self.cfg, self.spec, self.num_envs, self.device, self.precision = cfg, spec, num_envs, device, precision
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def autocast(self):
+        """The networks' matmuls and convolutions in the run's precision; their outputs are fp32."""
+        return autocast(self.device, self.precision)
 
     @property
     def uses_state(self) -> bool:
@@ -49,7 +69,7 @@ class Algorithm:
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> None:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict:
         raise NotImplementedError
 
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
@@ -59,17 +79,55 @@ class Algorithm:
         """Scalars of the algorithm's schedules at ``env_steps`` (exploration, temperature...), logged each log step."""
         return {}
 
+    # ------------------------------------------------------------------ state, from ``state_keys``
     def state_dict(self, include_replay: bool = True) -> dict:
-        raise NotImplementedError
+        return {key: save_state(getattr(self, key), include_replay) for key in self.state_keys
+                if include_replay or key not in self.replay_keys}
 
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        for key in self.state_keys:
+            current = getattr(self, key)
+            if key not in state and (key in self.replay_keys or current is None):
+                continue  # saved without replay (the buffers refill), or a part this config does not have
+            setattr(self, key, load_state(current, state[key]))
+        self.loaded()
+
+    def loaded(self) -> None:
+        """Called after ``load_state_dict``: recompute what follows from the restored state."""
 
 
-def check_compatible(algo_cls: type[Algorithm], spec: EnvSpec) -> None:
-    """Raise a UserError naming what the algorithm needs and the environment lacks."""
+def save_state(value, include_replay: bool = True):
+    """One attribute as checkpoint data: a generator's state, a module's, optimizer's or buffer's ``state_dict()``
+    (``include_replay`` passed on to containers of replays that take it), plain data as it is."""
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if hasattr(value, "state_dict"):
+        if "include_replay" in inspect.signature(value.state_dict).parameters:
+            return value.state_dict(include_replay=include_replay)
+        return value.state_dict()
+    if isinstance(value, deque):
+        return list(value)
+    return value
+
+
+def load_state(current, saved):
+    """``saved`` restored into ``current`` (in place where it has state), or the value that replaces it."""
+    if isinstance(current, torch.Generator):
+        current.set_state(saved)
+        return current
+    if hasattr(current, "load_state_dict"):
+        current.load_state_dict(saved)
+        return current
+    if isinstance(current, deque):
+        return deque(saved)
+    return saved
+
+
+def unmet_needs(algo_cls: type[Algorithm], spec: EnvSpec) -> list[str]:
+    """What ``algo_cls`` needs and ``spec`` lacks, in words (empty when it fits)."""
+    unmet = []
     for need in sorted(algo_cls.requires):
         text, holds = REQUIREMENT_HELP.get(need, (need, lambda s, n=need: n in s.capabilities))
         if not holds(spec):
-            hint = f" {algo_cls.suggestion}" if algo_cls.suggestion else ""
-            raise UserError(f"algo={algo_cls.name} needs {text}, which env={spec.name} does not have.{hint}")
+            unmet.append(text)
+    return unmet

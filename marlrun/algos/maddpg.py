@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -44,10 +44,53 @@ from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
-from marlrun.hardware import autocast
+from marlrun.errors import UserError, require, require_batch_fits
 from marlrun.nn import SetMLP, clip_grad_norm_per_set
 from marlrun.replay import JointReplay
+
+CRITICS = ("maddpg", "ddpg")
+CONTINUOUS_POLICIES = ("noise", "gumbel")
+
+
+@dataclass
+class MADDPGConfig:
+    """MADDPG (Lowe et al., 2017). Defaults are the reference settings (openai/maddpg) for the MPE games."""
+
+    name: str = "maddpg"
+    critic: str = "maddpg"  # every agent's critic: maddpg (all observations and actions) | ddpg (its own only)
+    ddpg_teams: list[str] = field(default_factory=list)  # teams whose agents use a ddpg critic anyway, e.g. [adversary]
+    actor_lr: float = 1e-2  # Adam learning rate of the actors
+    critic_lr: float = 1e-2  # Adam learning rate of the critics
+    gamma: float = 0.95  # discount
+    tau: float = 0.01  # polyak averaging rate of the target networks
+    batch_size: int = 1024  # joint transitions per update
+    buffer_size: int = 1_000_000  # joint transitions in replay
+    learning_starts: int = 25_600  # env steps (transitions) in replay before the first update (1024 x 25)
+    update_interval: int = 100  # env steps between update rounds (one critic and one actor step per agent)
+    max_grad_norm: float = 0.5  # gradient norm clip, per agent and network
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actors and critics
+    actor_reg: float = 1e-3  # weight of mean(logits^2) in the actor loss
+    gumbel_temperature: float = 1.0  # discrete actions: Gumbel-softmax temperature
+    gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones
+    noise_std: float = 0.1  # continuous actions: exploration noise, as a fraction of the action range
+    continuous_policy: str = "noise"  # continuous actions: gumbel (the soft Gumbel-softmax sample is the action, openai's) | noise
+    greedy_eval: bool = True  # evaluation: the greedy action (true) or the behaviour policy's sample, as openai's MADDPG evaluates (false)
+
+    def __post_init__(self) -> None:
+        require(self.continuous_policy in CONTINUOUS_POLICIES, "algo.continuous_policy",
+                f"unknown policy '{self.continuous_policy}'; pick one of {', '.join(CONTINUOUS_POLICIES)}")
+        require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
+        for key in ("actor_lr", "critic_lr", "max_grad_norm", "gumbel_temperature"):
+            require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        require(0.0 < self.tau <= 1.0, "algo.tau", "must be in (0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        require_batch_fits(self.batch_size, self.buffer_size)
+        require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
+        require(self.actor_reg >= 0, "algo.actor_reg", "must be >= 0")
+        require(self.noise_std >= 0, "algo.noise_std", "must be >= 0")
 
 
 def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -75,36 +118,26 @@ class Group:
 
 
 class MADDPG(Algorithm):
-    name = "maddpg"
     requires = frozenset({"fixed_agents"})
     suggestion = "Use algo=super_ddqn for environments whose agents leave mid-episode."
     auto_bf16 = False  # 64-unit MLPs: the casts cost more than bf16 saves (2,501 env steps/s in fp32, 1,735 in bf16)
+    state_keys = ("nets", "actor_optimizer", "critic_optimizer", "generator", "next_update", "gradient_steps", "replay")
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "maddpg",
-                 critic: str, ddpg_teams: list[str], actor_lr: float, critic_lr: float, gamma: float, tau: float,
-                 batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float,
-                 hidden: list[int], actor_reg: float, gumbel_temperature: float, gumbel_hard: bool, noise_std: float,
-                 continuous_policy: str = "noise", greedy_eval: bool = True):
-        self.spec, self.device = spec, device
+    def __init__(self, cfg: MADDPGConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
         self.n_actions = K = spec.n_actions
         self.discrete = spec.discrete_actions
-        self.gamma, self.tau, self.batch_size, self.learning_starts = gamma, tau, batch_size, learning_starts
-        self.update_interval, self.max_grad_norm, self.actor_reg = update_interval, max_grad_norm, actor_reg
-        self.gumbel_temperature, self.gumbel_hard, self.noise_std = gumbel_temperature, gumbel_hard, noise_std
         self.low, self.high = spec.action_bounds
-        self.gumbel_actions = not self.discrete and continuous_policy == "gumbel"
-        self.greedy_eval = greedy_eval  # false: evaluation acts with the sample, without the greedy shortcut
+        self.gumbel_actions = not self.discrete and cfg.continuous_policy == "gumbel"
         if self.gumbel_actions and (self.low, self.high) != (0.0, 1.0):
             raise UserError(f"algo.continuous_policy=gumbel: env={spec.name}'s actions lie in [{self.low}, {self.high}], not the "
                             "[0, 1] of a softmax; use algo.continuous_policy=noise")
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.autocast = lambda: autocast(device, precision)  # the updates' matmuls; Q values and logits come out fp32
 
-        unknown = sorted(set(ddpg_teams) - set(spec.team_names))
+        unknown = sorted(set(cfg.ddpg_teams) - set(spec.team_names))
         if unknown:
             raise UserError(f"algo.ddpg_teams: env={spec.name} has no team {', '.join(map(repr, unknown))}; its teams are {', '.join(spec.team_names)}")
-        central = [critic == "maddpg" and team not in ddpg_teams for team in spec.teams]
+        central = [cfg.critic == "maddpg" and team not in cfg.ddpg_teams for team in spec.teams]
 
         # Joint observation x: every agent's real entries, concatenated (padding dropped).
         width = math.prod(spec.obs_shape)
@@ -116,8 +149,8 @@ class MADDPG(Algorithm):
         for obs_size, is_central in dict.fromkeys((spec.obs_size(a), central[a]) for a in range(A)):
             agents = [a for a in range(A) if (spec.obs_size(a), central[a]) == (obs_size, is_central)]
             self.groups.append(Group(torch.tensor(agents, device=device), obs_size, is_central))
-            actors.append(SetMLP(len(agents), obs_size, list(hidden), K))
-            critics.append(SetMLP(len(agents), joint_size if is_central else obs_size + K, list(hidden), 1))
+            actors.append(SetMLP(len(agents), obs_size, list(cfg.hidden), K))
+            critics.append(SetMLP(len(agents), joint_size if is_central else obs_size + K, list(cfg.hidden), 1))
         self.nets = nn.ModuleDict({
             "actors": actors, "critics": critics,
             "actor_targets": copy.deepcopy(actors).requires_grad_(False),  # targets start as copies
@@ -125,11 +158,11 @@ class MADDPG(Algorithm):
         }).to(device)
         self.actors, self.critics = self.nets["actors"], self.nets["critics"]
         self.actor_targets, self.critic_targets = self.nets["actor_targets"], self.nets["critic_targets"]
-        self.actor_optimizer = torch.optim.Adam(self.actors.parameters(), lr=actor_lr, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=critic_lr, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actors.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr, fused=True)
 
-        self.replay = JointReplay(buffer_size, A, spec.obs_shape, spec.obs_storage_dtype, K, device, self.generator)
-        self.next_update = update_interval
+        self.replay = JointReplay(cfg.buffer_size, A, spec.obs_shape, spec.obs_storage_dtype, K, device, self.generator)
+        self.next_update = cfg.update_interval
 
     # ------------------------------------------------------------------ helpers
     def own_obs(self, group: Group, obs: torch.Tensor) -> torch.Tensor:
@@ -153,9 +186,9 @@ class MADDPG(Algorithm):
     def policy(self, logits: torch.Tensor) -> torch.Tensor:
         """The differentiable action mu(o) used in the updates."""
         if self.discrete:
-            return gumbel_softmax(logits, self.gumbel_temperature, self.gumbel_hard, self.generator)
+            return gumbel_softmax(logits, self.cfg.gumbel_temperature, self.cfg.gumbel_hard, self.generator)
         if self.gumbel_actions:  # the soft sample is the physical action
-            return gumbel_softmax(logits, self.gumbel_temperature, False, self.generator)
+            return gumbel_softmax(logits, self.cfg.gumbel_temperature, False, self.generator)
         return self.low + (self.high - self.low) * torch.sigmoid(logits)
 
     def to_vector(self, actions: torch.Tensor) -> torch.Tensor:
@@ -167,7 +200,7 @@ class MADDPG(Algorithm):
     def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = False, context: dict | None = None) -> torch.Tensor:
         E = obs.shape[0]
         obs = obs.float()
-        greedy = greedy and self.greedy_eval
+        greedy = greedy and self.cfg.greedy_eval
         out = torch.empty((E, self.n_agents) if self.discrete else (E, self.n_agents, self.n_actions),
                           dtype=torch.int64 if self.discrete else torch.float32, device=self.device)
         for group, actor in zip(self.groups, self.actors):
@@ -183,7 +216,7 @@ class MADDPG(Algorithm):
                 action = self.policy(logits)
                 if not greedy:
                     noise = torch.randn(action.shape, generator=self.generator, device=self.device)
-                    action = (action + self.noise_std * (self.high - self.low) * noise).clamp(self.low, self.high)
+                    action = (action + self.cfg.noise_std * (self.high - self.low) * noise).clamp(self.low, self.high)
                 out[:, group.agents] = action.transpose(0, 1)
         return out
 
@@ -193,13 +226,13 @@ class MADDPG(Algorithm):
 
     # ------------------------------------------------------------------ learning
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
-        if self.replay.size < max(self.learning_starts, self.batch_size):
-            self.next_update = (env_steps // self.update_interval + 1) * self.update_interval
+        if self.replay.size < max(self.cfg.learning_starts, self.cfg.batch_size):
+            self.next_update = (env_steps // self.cfg.update_interval + 1) * self.cfg.update_interval
             return {}
         metrics: dict[str, torch.Tensor] = {}
         while env_steps >= self.next_update:
-            metrics = self.update_round(self.replay.sample(self.batch_size))
-            self.next_update += self.update_interval
+            metrics = self.update_round(self.replay.sample(self.cfg.batch_size))
+            self.next_update += self.cfg.update_interval
         return metrics
 
     def update_round(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -211,7 +244,7 @@ class MADDPG(Algorithm):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         for critic in self.critics:
-            clip_grad_norm_per_set(critic.parameters(), self.max_grad_norm)
+            clip_grad_norm_per_set(critic.parameters(), self.cfg.max_grad_norm)
         self.critic_optimizer.step()
 
         self.critics.requires_grad_(False)  # the actor loss differentiates through the critics, not into them
@@ -221,13 +254,13 @@ class MADDPG(Algorithm):
         actor_loss.sum().backward()
         self.critics.requires_grad_(True)
         for actor in self.actors:
-            clip_grad_norm_per_set(actor.parameters(), self.max_grad_norm)
+            clip_grad_norm_per_set(actor.parameters(), self.cfg.max_grad_norm)
         self.actor_optimizer.step()
 
         with torch.no_grad():
             for target, online in ((self.actor_targets, self.actors), (self.critic_targets, self.critics)):
                 for t, p in zip(target.parameters(), online.parameters()):
-                    t.lerp_(p, self.tau)
+                    t.lerp_(p, self.cfg.tau)
         self.gradient_steps += 1
         return {"train/critic_loss": critic_loss.detach().mean(), "train/actor_loss": actor_loss.detach().mean(), "train/q": q,
                 "train/critic_explained_variance": explained.mean()}
@@ -245,7 +278,7 @@ class MADDPG(Algorithm):
         for k, (group, critic_target) in enumerate(zip(self.groups, self.critic_targets)):
             n = len(group.agents)
             q_next = self.q_value(k, critic_target, x, self.own_obs(group, next_obs), next_actions.expand(n, *next_actions.shape))
-            y[:, group.agents] = batch["reward"][:, group.agents] + self.gamma * (1.0 - batch["terminated"][:, group.agents]) * q_next.T
+            y[:, group.agents] = batch["reward"][:, group.agents] + self.cfg.gamma * (1.0 - batch["terminated"][:, group.agents]) * q_next.T
         return y
 
     def critic_losses(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,29 +306,5 @@ class MADDPG(Algorithm):
             joint = actions.expand(n, *actions.shape).clone()  # [n, B, A, K]: set j's copy of the joint action ...
             joint[torch.arange(n, device=self.device), :, group.agents] = self.policy(logits)  # ... with a_j = mu_j(o_j)
             q = self.q_value(k, critic, x, own, joint)
-            losses = losses.index_copy(0, group.agents, -q.mean(1) + self.actor_reg * logits.pow(2).mean((1, 2)))
+            losses = losses.index_copy(0, group.agents, -q.mean(1) + self.cfg.actor_reg * logits.pow(2).mean((1, 2)))
         return losses
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self, include_replay: bool = True) -> dict:
-        state = {
-            "nets": self.nets.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "next_update": self.next_update,
-            "gradient_steps": self.gradient_steps,
-        }
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.nets.load_state_dict(state["nets"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.generator.set_state(state["generator"])
-        self.next_update = state["next_update"]
-        self.gradient_steps = state["gradient_steps"]
-        if "replay" in state:  # else the buffer refills before learning goes on
-            self.replay.load_state_dict(state["replay"])

@@ -38,14 +38,35 @@ evaluation (``greedy=True``) runs the same chain: there is no greedy policy in p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
+from marlrun.errors import UserError, require
 
 RULES = ("heat_bath", "metropolis")
 SCANS = ("checkerboard", "synchronous")
+
+
+@dataclass
+class MCMCConfig:
+    """Markov-chain Monte Carlo of the Ising model (env=ising, physical reward): the physics reference for MF-Q's
+    temperature curve. Nothing is learned. It samples exp(-E / T), E the lattice energy the rewards add up to (minus),
+    at T = 2 * temperature: ``temperature`` is MF-Q's Boltzmann temperature tau."""
+
+    name: str = "mcmc"
+    temperature: float = 1.0  # tau, as MF-Q's algo.temperature; the physical temperature is T = 2 tau (units of J/k): tau_c = 1.135
+    rule: str = "heat_bath"  # heat_bath (Glauber) | metropolis
+    scan: str = "checkerboard"  # checkerboard: one sublattice after another (valid); synchronous: all spins at once (invalid, for comparison)
+    sweeps: int = 1  # sweeps over the lattice per env step
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "algo.temperature", f"must be > 0, got {self.temperature}")
+        require(self.rule in RULES, "algo.rule", f"unknown rule '{self.rule}'; pick one of {', '.join(RULES)}")
+        require(self.scan in SCANS, "algo.scan", f"unknown scan '{self.scan}'; pick one of {', '.join(SCANS)}")
+        require(self.sweeps >= 1, "algo.sweeps", f"must be >= 1, got {self.sweeps}")
 
 
 def colour_classes(index: torch.Tensor) -> list[torch.Tensor]:
@@ -67,34 +88,28 @@ def colour_classes(index: torch.Tensor) -> list[torch.Tensor]:
 
 
 class MCMC(Algorithm):
-    name = "mcmc"
     requires = frozenset({"ising_energy"})
     suggestion = "It is the Ising model's physics reference, not a learner: pick a learning algorithm for this env (algo=mfq on env=ising)."
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "mcmc",
-                 temperature: float, rule: str = "heat_bath", scan: str = "checkerboard", sweeps: int = 1):
-        if temperature <= 0:
-            raise ValueError(f"MCMC temperature must be > 0, got {temperature!r}")
-        if rule not in RULES or scan not in SCANS or sweeps < 1:
-            raise ValueError(f"MCMC rule must be one of {RULES}, scan one of {SCANS}, sweeps >= 1; got {rule!r}, {scan!r}, {sweeps!r}")
-        self.spec, self.device = spec, device
-        self.tau, self.rule, self.scan, self.sweeps = float(temperature), rule, scan, int(sweeps)
-        self.beta = 1.0 / (2.0 * self.tau)  # the physical inverse temperature, T = 2 tau
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+    state_keys = ("generator",)
+
+    def __init__(self, cfg: MCMCConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
+        self.beta = 1.0 / (2.0 * cfg.temperature)  # the physical inverse temperature, T = 2 tau
         self._lattice: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     # ------------------------------------------------------------------ the sweep
     def classes(self, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(sites [n], their neighbours [n, k]) of every class updated at once, in update order (cached per lattice)."""
         if self._lattice is None or not (self._lattice[0] is index or torch.equal(self._lattice[0], index)):
-            sites = [torch.arange(index.shape[0], device=index.device)] if self.scan == "synchronous" else colour_classes(index)
+            sites = [torch.arange(index.shape[0], device=index.device)] if self.cfg.scan == "synchronous" else colour_classes(index)
             self._lattice = (index, [(c, index[c]) for c in sites])
         return self._lattice[1]
 
     def redraw(self, own: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
         """New spins [E, n] of spins ``own`` [E, n] in local fields ``field`` = J sum_j s_j + h [E, n]."""
         u = torch.rand(own.shape, generator=self.generator, device=own.device)
-        if self.rule == "heat_bath":
+        if self.cfg.rule == "heat_bath":
             up = u < torch.sigmoid(2.0 * self.beta * field)
             return up.to(own.dtype).mul_(2.0).sub_(1.0)
         delta_e = 2.0 * own * field  # energy change of flipping
@@ -108,7 +123,7 @@ class MCMC(Algorithm):
         J, h = float(context["coupling"]), float(context["field"])
         spins = context["prev_actions"].to(torch.float32).mul(2.0).sub_(1.0)  # [E, N], the current lattice
         classes = self.classes(context["neighbours"].index)
-        for _ in range(self.sweeps):
+        for _ in range(self.cfg.sweeps):
             for sites, neighbours in classes:  # synchronous: one class, every site, read from the old lattice
                 field = spins[:, neighbours].sum(-1).mul_(J).add_(h)
                 spins[:, sites] = self.redraw(spins[:, sites], field)
@@ -122,10 +137,4 @@ class MCMC(Algorithm):
         return {}
 
     def schedule(self, env_steps: int) -> dict[str, float]:
-        return {"temperature": self.tau}
-
-    def state_dict(self, include_replay: bool = True) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        return {"train/temperature": self.cfg.temperature}

@@ -19,23 +19,71 @@ from another run's checkpoint. Dead agents (``alive`` false) store no transition
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm
-from marlrun.hardware import autocast
+from marlrun.algos.base import Algorithm, linear_schedule
 from marlrun.checkpoint import checkpoint_paths, load_checkpoint
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
+from marlrun.errors import UserError, require, require_batch_fits
 from marlrun.nn import MeanFieldQNetwork
 from marlrun.replay import RingReplay
 
 LEARNERS = ("mfq", "iql")
+CONTROLLERS = (*LEARNERS, "random")
 ACT_CHUNK = 32_768  # agents per forward pass when acting
+
+
+@dataclass
+class MFQConfig:
+    """Mean-field Q-learning (Yang et al., 2018) and its IL baseline. Defaults are the MF-Q paper's battle settings."""
+
+    name: str = "mfq"
+    controller: str = "mfq"  # the env's first team (battle: red): mfq | iql (the IL baseline: no mean action)
+    opponent: str = "mfq"  # its second team (battle: blue): mfq | iql (both learn) | random | frozen:RUN_DIR[@TEAM]
+    rounds: int = 0  # mean-field refinement rounds before acting (0: the neighbours' previous actions)
+    temperature: float = 1.0  # Boltzmann temperature tau of softmax(Q / tau) (env=ising: the lattice's physical temperature is T = 2 tau, see algo=mcmc)
+    temperature_end: Optional[float] = None  # anneal linearly to this over temperature_decay_steps (null: constant)
+    temperature_decay_steps: int = 0  # env steps of the anneal
+    greedy_eval: bool = True  # evaluation: argmax (true) or the Boltzmann policy at the current temperature (false)
+    lr: float = 1e-4  # Adam learning rate
+    gamma: float = 0.95  # discount
+    tau: float = 0.005  # polyak rate of the target network
+    batch_size: int = 64  # transitions per gradient step, per learning team
+    buffer_size: int = 80_000  # transitions in replay, per learning team
+    learning_starts: int = 1_000  # env steps before the first update
+    update_interval: int = 1  # env steps (summed over copies) between gradient steps of every learning team
+    max_grad_norm: float = 10.0  # gradient-norm clip
+    huber_delta: float = 1.0  # Huber loss threshold on the TD error
+    conv_channels: list[int] = field(default_factory=lambda: [32, 32])  # image observations: conv widths
+    conv_kernel: int = 3  # image observations: side of the square convolution kernels
+    obs_hidden: int = 256  # image observations: dense layer after the convolutions
+    mean_action_hidden: int = 64  # embedding of the mean action (0: feed it as it is)
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # ReLU layers after observation and mean action meet
+
+    def __post_init__(self) -> None:
+        require(self.controller in LEARNERS, "algo.controller", f"unknown controller '{self.controller}'; pick one of {', '.join(LEARNERS)}")
+        require(self.opponent in CONTROLLERS or (self.opponent.startswith("frozen:") and len(self.opponent) > 7), "algo.opponent",
+                f"unknown controller '{self.opponent}'; pick one of {', '.join(CONTROLLERS)}, or frozen:RUN_DIR[@TEAM]")
+        require(self.rounds >= 0, "algo.rounds", f"must be >= 0, got {self.rounds}")
+        require(self.temperature > 0, "algo.temperature", f"must be > 0, got {self.temperature}")
+        require(self.temperature_end is None or self.temperature_end > 0, "algo.temperature_end", f"must be > 0, got {self.temperature_end}")
+        require(self.temperature_decay_steps >= 0, "algo.temperature_decay_steps", "must be >= 0")
+        for key in ("lr", "max_grad_norm", "huber_delta"):
+            require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        require(0.0 < self.tau <= 1.0, "algo.tau", "must be in (0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval", "conv_kernel", "obs_hidden"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        require_batch_fits(self.batch_size, self.buffer_size)
+        require(self.mean_action_hidden >= 0, "algo.mean_action_hidden", "must be >= 0")
+        require(min(self.conv_channels, default=1) >= 1 and min(self.hidden, default=1) >= 1, "algo.conv_channels/hidden", "widths must be positive")
 
 
 @dataclass
@@ -51,6 +99,38 @@ class Team:
     @property
     def learns(self) -> bool:
         return self.controller in LEARNERS
+
+    def state_dict(self, include_replay: bool = True) -> dict:
+        entry = {"controller": self.controller}
+        if self.net is not None:
+            entry["net"] = self.net.state_dict()
+        if self.learns:
+            entry.update(target=self.target.state_dict(), optimizer=self.optimizer.state_dict())
+            if include_replay:
+                entry["replay"] = self.replay.state_dict()
+        return entry
+
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["controller"] != self.controller:
+            raise ValueError(f"team {self.name} was played by {saved['controller']}, not {self.controller}")
+        if self.net is not None:
+            self.net.load_state_dict(saved["net"])
+        if self.learns:
+            self.target.load_state_dict(saved["target"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            if "replay" in saved:  # else the buffer refills before learning goes on
+                self.replay.load_state_dict(saved["replay"])
+
+
+class Teams(list):
+    """The teams, saved by name."""
+
+    def state_dict(self, include_replay: bool = True) -> dict:
+        return {team.name: team.state_dict(include_replay) for team in self}
+
+    def load_state_dict(self, state: dict) -> None:
+        for team in self:
+            team.load_state_dict(state[team.name])
 
 
 def team_columns(members: list[int], device: torch.device) -> slice | torch.Tensor:
@@ -78,39 +158,27 @@ def greedy(q: torch.Tensor) -> torch.Tensor:
 
 
 class MFQ(Algorithm):
-    name = "mfq"
     requires = frozenset({"discrete_actions", "neighbours"})
     suggestion = "MF-Q runs on env=ising and env=battle; use algo=super_ddqn or algo=maddpg elsewhere."
+    state_keys = ("teams", "generator", "next_update", "gradient_steps")
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "mfq",
-                 controller: str, opponent: str, rounds: int, temperature: float, temperature_end: float | None,
-                 temperature_decay_steps: int, greedy_eval: bool, lr: float, gamma: float, tau: float, batch_size: int,
-                 buffer_size: int, learning_starts: int, update_interval: int, max_grad_norm: float, huber_delta: float,
-                 conv_channels: list[int], conv_kernel: int, obs_hidden: int, mean_action_hidden: int, hidden: list[int]):
-        self.spec, self.device = spec, device
-        self.autocast = lambda: autocast(device, precision)  # the networks' matmuls and convolutions; outputs are fp32
+    def __init__(self, cfg: MFQConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_actions = spec.n_actions
-        self.rounds, self.greedy_eval = rounds, greedy_eval
-        self.temperature_start = temperature
-        self.temperature_end = temperature if temperature_end is None else temperature_end
-        self.temperature_decay_steps = temperature_decay_steps
-        self.gamma, self.tau, self.batch_size, self.learning_starts = gamma, tau, batch_size, learning_starts
-        self.update_interval, self.max_grad_norm, self.huber_delta = update_interval, max_grad_norm, huber_delta
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.net_args = dict(obs_shape=spec.obs_shape, n_actions=spec.n_actions, conv_channels=list(conv_channels),
-                             conv_kernel=conv_kernel, obs_hidden=obs_hidden, mean_action_hidden=mean_action_hidden, hidden=list(hidden))
+        self.net_args = dict(obs_shape=spec.obs_shape, n_actions=spec.n_actions, conv_channels=list(cfg.conv_channels),
+                             conv_kernel=cfg.conv_kernel, obs_hidden=cfg.obs_hidden, mean_action_hidden=cfg.mean_action_hidden, hidden=list(cfg.hidden))
 
-        self.teams: list[Team] = []
+        self.teams = Teams()
         for i, team_name in enumerate(spec.team_names):
-            team = Team(team_name, team_columns(spec.team_members(team_name), device), controller if i == 0 else opponent)
+            team = Team(team_name, team_columns(spec.team_members(team_name), device), cfg.controller if i == 0 else cfg.opponent)
             if team.learns:
                 team.net = MeanFieldQNetwork(use_mean_action=team.controller == "mfq", **self.net_args).to(device)
                 team.target = MeanFieldQNetwork(use_mean_action=team.controller == "mfq", **self.net_args).to(device)
                 team.target.load_state_dict(team.net.state_dict())
                 team.target.requires_grad_(False)
-                team.optimizer = torch.optim.Adam(team.net.parameters(), lr=lr, fused=True)  # one kernel for all weights
+                team.optimizer = torch.optim.Adam(team.net.parameters(), lr=cfg.lr, fused=True)  # one kernel for all weights
                 K, obs = spec.n_actions, spec.obs_shape
-                team.replay = RingReplay(buffer_size, {
+                team.replay = RingReplay(cfg.buffer_size, {
                     "obs": (obs, spec.obs_storage_dtype), "mean_action": ((K,), torch.float32), "action": ((), torch.long),
                     "reward": ((), torch.float32), "next_obs": (obs, spec.obs_storage_dtype),
                     "next_mean_action": ((K,), torch.float32), "terminated": ((), torch.float32),
@@ -122,14 +190,14 @@ class MFQ(Algorithm):
 
         self.acted: deque[torch.Tensor] = deque()  # mean fields of training-time acts not yet observed
         self.pending: tuple | None = None  # the last step's transitions, waiting for the next step's mean fields
-        self.next_update = update_interval
+        self.next_update = cfg.update_interval
 
     # ------------------------------------------------------------------ acting
     def temperature(self, env_steps: int) -> float:
-        if self.temperature_decay_steps <= 0:
-            return self.temperature_end
-        frac = min(1.0, env_steps / self.temperature_decay_steps)
-        return self.temperature_start + frac * (self.temperature_end - self.temperature_start)
+        start, end = self.cfg.temperature, self.cfg.temperature if self.cfg.temperature_end is None else self.cfg.temperature_end
+        if self.cfg.temperature_decay_steps <= 0:
+            return end
+        return linear_schedule(start, end, self.cfg.temperature_decay_steps, env_steps)
 
     def choose(self, obs: torch.Tensor, mean_action: torch.Tensor, temperature: float, argmax: bool) -> torch.Tensor:
         """Every team's actions [E, A] given mean fields [E, A, K]: one batched pass per team."""
@@ -155,9 +223,9 @@ class MFQ(Algorithm):
         neighbours, previous = context["neighbours"], context["prev_actions"]
         alive = context.get("alive")
         temperature = self.temperature(env_steps)
-        argmax = greedy and self.greedy_eval
+        argmax = greedy and self.cfg.greedy_eval
         mean_action = neighbours.mean(previous, self.n_actions)
-        for _ in range(self.rounds):
+        for _ in range(self.cfg.rounds):
             tentative = self.choose(obs, mean_action, temperature, argmax)
             if alive is not None:
                 tentative = tentative.masked_fill(~alive, -1)
@@ -189,15 +257,15 @@ class MFQ(Algorithm):
 
     # ------------------------------------------------------------------ learning
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
-        if env_steps < self.learning_starts or min(team.replay.size for team in self.learning) < self.batch_size:
-            self.next_update = (env_steps // self.update_interval + 1) * self.update_interval
+        if env_steps < self.cfg.learning_starts or min(team.replay.size for team in self.learning) < self.cfg.batch_size:
+            self.next_update = (env_steps // self.cfg.update_interval + 1) * self.cfg.update_interval
             return {}
         metrics: dict[str, torch.Tensor] = {}
         while env_steps >= self.next_update:
             for team in self.learning:
-                metrics.update({f"{team.name}/{k}": v for k, v in self.learn(team, team.replay.sample(self.batch_size)).items()})
+                metrics.update({f"train/{team.name}/{k}": v for k, v in self.learn(team, team.replay.sample(self.cfg.batch_size)).items()})
             self.gradient_steps += 1
-            self.next_update += self.update_interval
+            self.next_update += self.cfg.update_interval
         return metrics
 
     def td_target(self, team: Team, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -205,24 +273,24 @@ class MFQ(Algorithm):
         with torch.no_grad(), self.autocast():
             best = team.net(batch["next_obs"], batch["next_mean_action"]).argmax(-1, keepdim=True)
             next_q = team.target(batch["next_obs"], batch["next_mean_action"]).gather(-1, best).squeeze(-1)
-            return batch["reward"] + self.gamma * (1.0 - batch["terminated"]) * next_q
+            return batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * next_q
 
     def learn(self, team: Team, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         y = self.td_target(team, batch)
         with self.autocast():
             q = team.net(batch["obs"], batch["mean_action"]).gather(-1, batch["action"][:, None]).squeeze(-1)
-        loss = F.huber_loss(q, y, delta=self.huber_delta)
+        loss = F.huber_loss(q, y, delta=self.cfg.huber_delta)
         team.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(team.net.parameters(), self.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(team.net.parameters(), self.cfg.max_grad_norm)
         team.optimizer.step()
         with torch.no_grad():
             for target, online in zip(team.target.parameters(), team.net.parameters()):
-                target.lerp_(online, self.tau)
+                target.lerp_(online, self.cfg.tau)
         return {"loss": loss.detach(), "q": q.detach().mean(), "grad_norm": grad_norm.detach()}
 
     def schedule(self, env_steps: int) -> dict[str, float]:
-        return {"temperature": self.temperature(env_steps)}
+        return {"train/temperature": self.temperature(env_steps)}
 
     # ------------------------------------------------------------------ frozen opponents and checkpoints
     def load_frozen(self, team_name: str, source: str) -> nn.Module:
@@ -252,32 +320,3 @@ class MFQ(Algorithm):
             raise UserError(f"algo.opponent=frozen:{source}: its network does not fit this config; "
                             "use the same algo network keys (conv_channels, hidden...) as that run") from None
         return net.requires_grad_(False)
-
-    def state_dict(self, include_replay: bool = True) -> dict:
-        teams = {}
-        for team in self.teams:
-            entry = {"controller": team.controller}
-            if team.net is not None:
-                entry["net"] = team.net.state_dict()
-            if team.learns:
-                entry.update(target=team.target.state_dict(), optimizer=team.optimizer.state_dict())
-                if include_replay:
-                    entry["replay"] = team.replay.state_dict()
-            teams[team.name] = entry
-        return {"teams": teams, "generator": self.generator.get_state(), "next_update": self.next_update,
-                "gradient_steps": self.gradient_steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        for team in self.teams:
-            saved = state["teams"][team.name]
-            if saved["controller"] != team.controller:
-                raise ValueError(f"team {team.name} was played by {saved['controller']}, not {team.controller}")
-            if team.net is not None:
-                team.net.load_state_dict(saved["net"])
-            if team.learns:
-                team.target.load_state_dict(saved["target"])
-                team.optimizer.load_state_dict(saved["optimizer"])
-                if "replay" in saved:
-                    team.replay.load_state_dict(saved["replay"])
-        self.generator.set_state(state["generator"])
-        self.next_update, self.gradient_steps = state["next_update"], state["gradient_steps"]

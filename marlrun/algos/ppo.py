@@ -24,19 +24,75 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from omegaconf import II
 from torch import nn
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
-from marlrun.hardware import autocast
+from marlrun.errors import UserError, require
 from marlrun.nn import RunningNorm, SetConv2dReLU, SetLinear, SetMLP, clip_grad_norm_per_set
 
 CRITICS = ("local", "central")
+
+
+@dataclass
+class PPOConfig:
+    """IPPO (critic: local) and MAPPO (critic: central). Defaults: the MAPPO paper's (Yu et al. 2022) where they do not
+    depend on the environment family (clip 0.2, GAE lambda 0.95, entropy 0.01, value loss coefficient 1 with Huber
+    delta 10 and value normalisation, Adam eps 1e-5, gradient clip 10, two ReLU layers of 64, parameter sharing)."""
+
+    name: str = "ippo"
+    critic: str = "local"  # local: V(o_i) (IPPO) | central: V(state, o_i) (MAPPO; the concatenated observations without a state)
+    random_teams: list[str] = field(default_factory=list)  # teams played by a uniformly random policy (they do not learn)
+    parameter_sharing: bool = True  # one actor and one critic per team, with one-hot agent ids (false: a weight set per agent)
+    lr: float = 5e-4  # actor Adam learning rate
+    critic_lr: float = 5e-4  # critic Adam learning rate
+    adam_eps: float = 1e-5  # Adam epsilon
+    lr_anneal: bool = False  # anneal both learning rates linearly to 0 over anneal_steps
+    anneal_steps: int = II("total_steps")  # env steps of the anneal (default: the run's total_steps)
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    rollout_steps: int = 128  # steps of every env copy per update
+    epochs: int = 5  # passes over each rollout
+    minibatches: int = 2  # minibatches per pass
+    clip: float = 0.2  # PPO ratio clip (and value clip)
+    value_clip: bool = True  # clip the value update around the rollout's values
+    value_coef: float = 1.0  # weight of the value loss
+    value_huber_delta: float = 10.0  # Huber loss threshold of the value loss
+    entropy_coef: float = 0.01  # weight of the entropy bonus
+    max_grad_norm: float = 10.0  # actor and critic clipped separately, per weight set
+    value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm)
+    log_std_init: float = -0.5  # continuous actions: initial log std of the Gaussian (before tanh)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actor and critic
+    conv_channels: list[int] = field(default_factory=list)  # image observations: the actor's k x k ReLU convolutions before its layers ([]: none)
+    conv_kernel: int = 3  # side of the square convolution kernels
+    greedy_eval: bool = True  # evaluation: the most likely action (true) or a sample of the policy (false)
+
+    def __post_init__(self) -> None:
+        require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
+        for key in ("lr", "critic_lr", "adam_eps", "max_grad_norm", "clip", "value_huber_delta"):
+            require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        for key in ("gamma", "gae_lambda"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+        for key in ("value_coef", "entropy_coef"):
+            require(getattr(self, key) >= 0, f"algo.{key}", f"must be >= 0, got {getattr(self, key)}")
+        for key in ("rollout_steps", "epochs", "minibatches", "conv_kernel"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(not isinstance(self.anneal_steps, int) or self.anneal_steps >= 1, "algo.anneal_steps", f"must be >= 1, got {self.anneal_steps}")
+        require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "algo.hidden", "needs at least one positive width")
+        require(all(c >= 1 for c in self.conv_channels), "algo.conv_channels", "widths must be >= 1")
+
+
+@dataclass
+class MAPPOConfig(PPOConfig):
+    """MAPPO: PPO with a centralised critic."""
+
+    name: str = "mappo"
+    critic: str = "central"
 
 
 # ---------------------------------------------------------------------------- the pieces
@@ -190,29 +246,18 @@ class Team:
 
 # ---------------------------------------------------------------------------- the algorithm
 class PPO(Algorithm):
-    name = "ppo"
     suggestion = ""
+    state_keys = ("nets", "optimizer", "generator", "rollout", "acted", "gradient_steps", "updates")
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "ippo",
-                 critic: str, random_teams: list[str], parameter_sharing: bool, lr: float, critic_lr: float, adam_eps: float,
-                 lr_anneal: bool, anneal_steps: int, gamma: float, gae_lambda: float, rollout_steps: int, epochs: int,
-                 minibatches: int, clip: float, value_clip: bool, value_coef: float, value_huber_delta: float,
-                 entropy_coef: float, max_grad_norm: float, value_norm: bool, log_std_init: float, hidden: list[int],
-                 conv_channels: list[int], conv_kernel: int, greedy_eval: bool):
-        self.spec, self.num_envs, self.device = spec, num_envs, device
-        self.central = critic == "central"
+    def __init__(self, cfg: PPOConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
+        self.central = cfg.critic == "central"
         self.discrete = spec.discrete_actions
         self.K = spec.n_actions
         self.low, self.high = spec.action_bounds
-        self.lr, self.critic_lr, self.lr_anneal, self.anneal_steps = lr, critic_lr, lr_anneal, anneal_steps
-        self.gamma, self.gae_lambda, self.rollout_steps, self.epochs, self.minibatches = gamma, gae_lambda, rollout_steps, epochs, minibatches
-        self.clip, self.value_clip, self.value_coef, self.value_huber_delta = clip, value_clip, value_coef, value_huber_delta
-        self.entropy_coef, self.max_grad_norm, self.greedy_eval = entropy_coef, max_grad_norm, greedy_eval
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.autocast = lambda: autocast(device, precision)
         self.use_state = self.central and "state" in spec.capabilities
 
-        unknown = sorted(set(random_teams) - set(spec.team_names))
+        unknown = sorted(set(cfg.random_teams) - set(spec.team_names))
         if unknown:
             raise UserError(f"algo.random_teams: env={spec.name} has no team {', '.join(map(repr, unknown))}; its teams are {', '.join(spec.team_names)}")
         self.teams: list[Team] = []
@@ -220,8 +265,8 @@ class PPO(Algorithm):
             members = spec.team_members(team_name)
             sizes = {spec.obs_size(a) for a in members}
             if len(sizes) > 1:
-                raise UserError(f"algo={name}: team '{team_name}' of env={spec.name} mixes observation sizes {sorted(sizes)}; a team's agents share a policy shape")
-            self.teams.append(Team(team_name, torch.tensor(members, device=device), sizes.pop(), team_name not in random_teams, parameter_sharing))
+                raise UserError(f"algo={cfg.name}: team '{team_name}' of env={spec.name} mixes observation sizes {sorted(sizes)}; a team's agents share a policy shape")
+            self.teams.append(Team(team_name, torch.tensor(members, device=device), sizes.pop(), team_name not in cfg.random_teams, cfg.parameter_sharing))
         self.learners = [t for t in self.teams if t.learns]
         if not self.learners:
             raise UserError(f"algo.random_teams: every team of env={spec.name} is random; leave at least one to learn")
@@ -234,20 +279,20 @@ class PPO(Algorithm):
         self.actors, self.critics, self.log_stds, self.value_norms = nn.ModuleList(), nn.ModuleList(), nn.ParameterList(), nn.ModuleList()
         for team in self.learners:
             own = team.obs_size + (team.n if team.shared and team.n > 1 else 0)
-            actor_torso = Torso(team.n_sets, own, spec.obs_shape, list(conv_channels), conv_kernel)
-            actor = nn.Sequential(actor_torso, SetMLP(team.n_sets, actor_torso.out_features, list(hidden), self.K))
+            actor_torso = Torso(team.n_sets, own, spec.obs_shape, list(cfg.conv_channels), cfg.conv_kernel)
+            actor = nn.Sequential(actor_torso, SetMLP(team.n_sets, actor_torso.out_features, list(cfg.hidden), self.K))
             # the critic reads its inputs flat: convolutions there would double the update's cost for a value estimate
-            critic_net = Critic(team.n_sets, Torso(team.n_sets, own, spec.obs_shape, [], conv_kernel), state_features, list(hidden))
+            critic_net = Critic(team.n_sets, Torso(team.n_sets, own, spec.obs_shape, [], cfg.conv_kernel), state_features, list(cfg.hidden))
             orthogonal_init(actor, math.sqrt(2), 0.01)
             orthogonal_init(critic_net, math.sqrt(2), 1.0)
             self.actors.append(actor)
             self.critics.append(critic_net)
-            self.log_stds.append(nn.Parameter(torch.full((team.n_sets, 1, self.K), float(log_std_init))))
-            self.value_norms.append(RunningNorm() if value_norm else NoValueNorm())
+            self.log_stds.append(nn.Parameter(torch.full((team.n_sets, 1, self.K), float(cfg.log_std_init))))
+            self.value_norms.append(RunningNorm() if cfg.value_norm else NoValueNorm())
         self.nets = nn.ModuleDict({"actors": self.actors, "critics": self.critics, "log_stds": self.log_stds, "value_norms": self.value_norms}).to(device)
         actor_params = list(self.actors.parameters()) + (list(self.log_stds.parameters()) if not self.discrete else [])
-        self.optimizer = torch.optim.Adam([{"params": actor_params, "lr": lr}, {"params": list(self.critics.parameters()), "lr": critic_lr}],
-                                          eps=adam_eps, fused=True)
+        self.optimizer = torch.optim.Adam([{"params": actor_params, "lr": cfg.lr}, {"params": list(self.critics.parameters()), "lr": cfg.critic_lr}],
+                                          eps=cfg.adam_eps, fused=True)
 
         self.acted: deque = deque()  # what act() sampled (raw actions, log-probs), until observe() gets the step
         self.rollout: list[dict] = []
@@ -297,7 +342,7 @@ class PPO(Algorithm):
         else:
             actions = torch.zeros(E, A, self.K, device=self.device)
         sampled = []
-        deterministic = greedy and self.greedy_eval
+        deterministic = greedy and self.cfg.greedy_eval
         for team in self.teams:
             if not team.learns:
                 shape = (E, team.n) if self.discrete else (E, team.n, self.K)
@@ -350,12 +395,12 @@ class PPO(Algorithm):
         return self.critics[k](team.to_sets(own), state, rows)
 
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
-        if len(self.rollout) < self.rollout_steps:
+        if len(self.rollout) < self.cfg.rollout_steps:
             return {}
         steps, self.rollout = self.rollout, []
-        if self.lr_anneal:
-            frac = max(0.0, 1.0 - env_steps / self.anneal_steps)
-            self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[1]["lr"] = self.lr * frac, self.critic_lr * frac
+        if self.cfg.lr_anneal:
+            frac = max(0.0, 1.0 - env_steps / self.cfg.anneal_steps)
+            self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[1]["lr"] = self.cfg.lr * frac, self.cfg.critic_lr * frac
         T, E = len(steps), self.num_envs
         field = lambda key: torch.stack([s[key] for s in steps])  # noqa: E731  [T, E, ...]
         obs, next_obs = field("obs").flatten(0, 1), field("next_obs").flatten(0, 1)  # [T * E, A, ...]
@@ -375,7 +420,7 @@ class PPO(Algorithm):
             to_tn = lambda v: team.from_sets(v, T * E).reshape(T, E, team.n)  # noqa: E731  [S, N] -> [T, E, n]
             alive = pick("alive").float()
             value = to_tn(norm.denormalize(value_old))
-            advantage = gae(pick("reward"), value, to_tn(next_value), pick("terminated"), pick("ended"), alive, self.gamma, self.gae_lambda)
+            advantage = gae(pick("reward"), value, to_tn(next_value), pick("terminated"), pick("ended"), alive, self.cfg.gamma, self.cfg.gae_lambda)
             returns = advantage + value
             norm.update(returns[alive.bool()])
             target = norm.normalize(returns)
@@ -390,9 +435,9 @@ class PPO(Algorithm):
             own_sets = team.to_sets(own)
             rows = team.state_rows(T * E, own.device) if self.central else None
             N = own_sets.shape[1]
-            for _ in range(self.epochs):
+            for _ in range(self.cfg.epochs):
                 order = torch.randperm(N, generator=self.generator, device=self.device)
-                for index in order.chunk(self.minibatches):
+                for index in order.chunk(self.cfg.minibatches):
                     m = self.minibatch_loss(k, own_sets[:, index], state, rows[index] if rows is not None else None,
                                             {key: v[:, index] for key, v in samples.items()})
                     for key, value in m.items():
@@ -414,20 +459,20 @@ class PPO(Algorithm):
             out = self.distribution(k, own)
             value = self.critics[k](own, state, rows)
         logp, entropy = self.log_prob_entropy(k, out, mb["raw"])
-        policy_loss = clipped_surrogate(logp, mb["logp_old"], mb["advantage"], self.clip)
-        value_loss = F.huber_loss(value, mb["target"], reduction="none", delta=self.value_huber_delta)
-        if self.value_clip:
-            clipped = mb["value_old"] + (value - mb["value_old"]).clamp(-self.clip, self.clip)
-            value_loss = torch.max(value_loss, F.huber_loss(clipped, mb["target"], reduction="none", delta=self.value_huber_delta))
-        loss = mean(policy_loss) + self.value_coef * mean(value_loss) - self.entropy_coef * mean(entropy)
+        policy_loss = clipped_surrogate(logp, mb["logp_old"], mb["advantage"], self.cfg.clip)
+        value_loss = F.huber_loss(value, mb["target"], reduction="none", delta=self.cfg.value_huber_delta)
+        if self.cfg.value_clip:
+            clipped = mb["value_old"] + (value - mb["value_old"]).clamp(-self.cfg.clip, self.cfg.clip)
+            value_loss = torch.max(value_loss, F.huber_loss(clipped, mb["target"], reduction="none", delta=self.cfg.value_huber_delta))
+        loss = mean(policy_loss) + self.cfg.value_coef * mean(value_loss) - self.cfg.entropy_coef * mean(entropy)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         actor_params = list(self.actors[k].parameters()) + ([self.log_stds[k]] if not self.discrete else [])
         for params in (actor_params, list(self.critics[k].parameters())):
             if alive.shape[0] == 1:  # one shared set: its convolutions (nn.Conv2d) have no set dimension
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
             else:
-                clip_grad_norm_per_set(params, self.max_grad_norm)
+                clip_grad_norm_per_set(params, self.cfg.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
             log_ratio = logp - mb["logp_old"]
@@ -436,20 +481,5 @@ class PPO(Algorithm):
                 "train/policy_loss": mean(policy_loss).detach() / sets, "train/value_loss": mean(value_loss).detach() / sets,
                 "train/entropy": mean(entropy).detach() / sets,
                 "train/approx_kl": mean(log_ratio.exp() - 1 - log_ratio) / sets,  # Schulman's low-variance estimator
-                "train/clip_fraction": mean(((log_ratio.exp() - 1).abs() > self.clip).float()) / sets,
+                "train/clip_fraction": mean(((log_ratio.exp() - 1).abs() > self.cfg.clip).float()) / sets,
             }
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self, include_replay: bool = True) -> dict:
-        return {
-            "nets": self.nets.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-            "rollout": self.rollout, "acted": list(self.acted), "gradient_steps": self.gradient_steps, "updates": self.updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.nets.load_state_dict(state["nets"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.rollout, self.acted = list(state["rollout"]), deque(state["acted"])
-        self.gradient_steps, self.updates = state["gradient_steps"], state["updates"]

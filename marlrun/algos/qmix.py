@@ -28,18 +28,64 @@ greedy policy freezes wherever it was.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm
+from marlrun.algos.base import Algorithm, linear_schedule
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.hardware import autocast
+from marlrun.errors import require, require_batch_fits
 from marlrun.nn import DuelingQNetwork, RunningNorm
 from marlrun.replay import RingReplay
 
 MIXERS = ("qmix", "vdn")
+
+
+@dataclass
+class QMIXConfig:
+    """QMIX (Rashid et al., 2018) and VDN (Sunehag et al., 2018). Defaults: the QMIX reference code (pymarl) where it
+    applies to feed-forward agents, SUPER-DDQN's pursuit network and replay size for comparability."""
+
+    name: str = "qmix"
+    mixer: str = "qmix"  # qmix: monotonic mixing network from hypernetworks of the state | vdn: the sum of the agents' Qs
+    parameter_sharing: bool = True  # one agent network for all agents, with the agent's one-hot id as input (pymarl's default)
+    lr: float = 5e-4  # RMSprop learning rate (pymarl)
+    optim_alpha: float = 0.99  # RMSprop smoothing constant (pymarl)
+    optim_eps: float = 1e-5  # RMSprop epsilon (pymarl)
+    gamma: float = 0.99  # discount
+    batch_size: int = 32  # joint transitions per gradient step (pymarl: 32 episodes)
+    buffer_size: int = 120_000  # joint transitions in replay
+    learning_starts: int = 1_000  # env steps before the first update
+    update_interval: int = 4  # env steps (summed over copies) per gradient step, as SUPER-DDQN's one update per 4-step fragment
+    target_update_interval: int = 1_000  # env steps between target-network copies (agents and mixer)
+    max_grad_norm: float = 10.0  # gradient norm clip over agents and mixer together (pymarl)
+    epsilon_start: float = 1.0  # exploration: linear decay (pymarl: 1.0 -> 0.05 over 50k steps)
+    epsilon_end: float = 0.05  # final exploration rate
+    epsilon_decay_steps: int = 50_000  # env steps from epsilon_start to epsilon_end
+    standardise_rewards: bool = False  # train on (r - mean) / std of the team rewards seen so far (EPyMARL's option)
+    mixing_embed: int = 32  # QMIX mixing network width (pymarl)
+    hypernet_embed: int = 64  # hidden units of the hypernetworks (pymarl)
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # agent network: SUPER-DDQN's convolutions
+    conv_kernel: int = 2  # side of the square convolution kernels
+    hidden: int = 64  # linear layer after the convolutions
+    head_hidden: int = 256  # hidden units of the dueling value and advantage streams
+
+    def __post_init__(self) -> None:
+        require(self.mixer in MIXERS, "algo.mixer", f"unknown mixer '{self.mixer}'; pick one of {', '.join(MIXERS)}")
+        for key in ("lr", "optim_eps", "max_grad_norm"):
+            require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
+        require(0.0 <= self.optim_alpha < 1.0, "algo.optim_alpha", "must be in [0, 1)")
+        require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        for key in ("batch_size", "buffer_size", "update_interval", "target_update_interval", "epsilon_decay_steps",
+                    "mixing_embed", "hypernet_embed", "conv_kernel", "hidden", "head_hidden"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        require_batch_fits(self.batch_size, self.buffer_size)
+        for key in ("epsilon_start", "epsilon_end"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", "must be in [0, 1]")
+        require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
 
 
 class QMixer(nn.Module):
@@ -85,47 +131,38 @@ class VDNMixer(nn.Module):
 
 
 class QMIX(Algorithm):
-    name = "qmix"
     requires = frozenset({"discrete_actions", "homogeneous", "fixed_agents", "one_team", "state"})
     suggestion = ("On pursuit use env.backend=native, which gives the global state; for several teams or other "
                   "environments use algo=super_ddqn (independent DDQN with algo.sharing=none) or algo=maddpg.")
+    state_keys = ("agents", "target_agents", "mixer", "target_mixer", "optimizer", "generator", "pending_updates", "gradient_steps",
+                  "last_target_update", "reward_norm", "replay")
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "qmix",
-                 mixer: str, parameter_sharing: bool, lr: float, optim_alpha: float, optim_eps: float, gamma: float,
-                 batch_size: int, buffer_size: int, learning_starts: int, update_interval: int, target_update_interval: int,
-                 max_grad_norm: float, epsilon_start: float, epsilon_end: float, epsilon_decay_steps: int, standardise_rewards: bool,
-                 mixing_embed: int, hypernet_embed: int, conv_channels: list[int], conv_kernel: int, hidden: int, head_hidden: int):
-        self.spec, self.num_envs, self.device = spec, num_envs, device
+    def __init__(self, cfg: QMIXConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
-        self.gamma, self.batch_size, self.learning_starts = gamma, batch_size, learning_starts
-        self.update_interval, self.target_update_interval, self.max_grad_norm = update_interval, target_update_interval, max_grad_norm
-        self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.autocast = lambda: autocast(device, precision)
 
         # agents: one weight set each, or one shared set that sees the agent's id as A extra input planes
-        self.parameter_sharing = parameter_sharing
         h, w, c = spec.obs_shape
-        in_shape = (h, w, c + A) if parameter_sharing else spec.obs_shape
-        net_args = (1 if parameter_sharing else A, in_shape, spec.n_actions, list(conv_channels), conv_kernel, hidden, head_hidden)
+        in_shape = (h, w, c + A) if cfg.parameter_sharing else spec.obs_shape
+        net_args = (1 if cfg.parameter_sharing else A, in_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
         self.agents = DuelingQNetwork(*net_args).to(device)
         self.target_agents = DuelingQNetwork(*net_args).to(device)
-        make_mixer = lambda: QMixer(A, math.prod(spec.state_shape), mixing_embed, hypernet_embed) if mixer == "qmix" else VDNMixer()  # noqa: E731
+        make_mixer = lambda: QMixer(A, math.prod(spec.state_shape), cfg.mixing_embed, cfg.hypernet_embed) if cfg.mixer == "qmix" else VDNMixer()  # noqa: E731
         self.mixer, self.target_mixer = make_mixer().to(device), make_mixer().to(device)
         self.sync_targets()
         self.target_agents.requires_grad_(False)
         self.target_mixer.requires_grad_(False)
         self.params = [*self.agents.parameters(), *self.mixer.parameters()]
-        self.optimizer = torch.optim.RMSprop(self.params, lr=lr, alpha=optim_alpha, eps=optim_eps)
+        self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
         self.agent_id = torch.eye(A, device=device)  # [A, A]: agent a's id planes
 
         obs_dtype = spec.obs_storage_dtype
-        self.replay = RingReplay(buffer_size, {
+        self.replay = RingReplay(cfg.buffer_size, {
             "obs": ((A, *spec.obs_shape), obs_dtype), "action": ((A,), torch.long), "reward": ((), torch.float32),
             "next_obs": ((A, *spec.obs_shape), obs_dtype), "terminated": ((), torch.float32),
             "state": (spec.state_shape, obs_dtype), "next_state": (spec.state_shape, obs_dtype),
         }, device, self.generator, as_float=("obs", "next_obs", "state", "next_state"))
-        self.reward_norm = RunningNorm().to(device) if standardise_rewards else None
+        self.reward_norm = RunningNorm().to(device) if cfg.standardise_rewards else None
         self.pending_updates = 0.0
         self.gradient_steps = 0
         self.last_target_update = 0
@@ -134,7 +171,7 @@ class QMIX(Algorithm):
     def agent_q(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
         """obs [B, A, H, W, C] -> every agent's Q values [B, A, n_actions] (fp32)."""
         B, A = obs.shape[:2]
-        if self.parameter_sharing:
+        if self.cfg.parameter_sharing:
             ids = self.agent_id.view(1, A, 1, 1, A).expand(B, A, *obs.shape[2:4], A)
             q = net(torch.cat([obs, ids], -1).reshape(1, B * A, *obs.shape[2:4], -1))
             return q.view(B, A, -1)
@@ -145,8 +182,7 @@ class QMIX(Algorithm):
         self.target_mixer.load_state_dict(self.mixer.state_dict())
 
     def epsilon(self, env_steps: int) -> float:
-        frac = min(1.0, env_steps / self.epsilon_decay_steps)
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_schedule(self.cfg.epsilon_start, self.cfg.epsilon_end, self.cfg.epsilon_decay_steps, env_steps)
 
     def schedule(self, env_steps: int) -> dict[str, float]:
         return {"train/epsilon": self.epsilon(env_steps)}
@@ -168,19 +204,19 @@ class QMIX(Algorithm):
             self.reward_norm.update(team_reward)
         self.replay.add(obs=obs, action=actions, reward=team_reward, next_obs=step.next_obs,
                         terminated=step.terminated.all(-1).float(), state=context["state"], next_state=step.next_state)
-        self.pending_updates += self.num_envs / self.update_interval
+        self.pending_updates += self.num_envs / self.cfg.update_interval
         return {}
 
     # ------------------------------------------------------------------ learning
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
-        if env_steps < self.learning_starts or self.replay.size == 0:
+        if env_steps < self.cfg.learning_starts or self.replay.size == 0:
             self.pending_updates = 0.0
             return {}
         metrics: dict[str, torch.Tensor] = {}
         while self.pending_updates >= 1.0:
             metrics = self.gradient_step()
             self.pending_updates -= 1.0
-        if env_steps - self.last_target_update >= self.target_update_interval:
+        if env_steps - self.last_target_update >= self.cfg.target_update_interval:
             self.sync_targets()
             self.last_target_update = env_steps
         return metrics
@@ -197,47 +233,18 @@ class QMIX(Algorithm):
                 next_q = self.agent_q(self.target_agents, batch["next_obs"]).gather(-1, best).squeeze(-1)
                 next_q_tot = self.target_mixer(next_q.float(), next_state).float()
         reward = batch["reward"] if self.reward_norm is None else self.reward_norm.normalize(batch["reward"])
-        target = reward + self.gamma * (1.0 - batch["terminated"]) * next_q_tot
+        target = reward + self.cfg.gamma * (1.0 - batch["terminated"]) * next_q_tot
         return target - q_tot, q_taken
 
     def gradient_step(self) -> dict[str, torch.Tensor]:
-        batch = self.replay.sample(self.batch_size)
+        batch = self.replay.sample(self.cfg.batch_size)
         td, q_taken = self.td_error(batch)
         slope = self.mixer.slope(q_taken.detach().float(), batch["state"].flatten(1))  # before this step moves the mixer
         loss = td.pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.gradient_steps += 1
         return {"train/loss": loss.detach(), "train/td_error": td.detach().abs().mean(), "train/grad_norm": grad_norm,
                 "train/mixer_slope": slope.mean()}
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self, include_replay: bool = True) -> dict:
-        state = {
-            "agents": self.agents.state_dict(), "target_agents": self.target_agents.state_dict(),
-            "mixer": self.mixer.state_dict(), "target_mixer": self.target_mixer.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-            "pending_updates": self.pending_updates, "gradient_steps": self.gradient_steps, "last_target_update": self.last_target_update,
-        }
-        if self.reward_norm is not None:
-            state["reward_norm"] = self.reward_norm.state_dict()
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.agents.load_state_dict(state["agents"])
-        self.target_agents.load_state_dict(state["target_agents"])
-        self.mixer.load_state_dict(state["mixer"])
-        self.target_mixer.load_state_dict(state["target_mixer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.pending_updates = state["pending_updates"]
-        self.gradient_steps = state["gradient_steps"]
-        self.last_target_update = state["last_target_update"]
-        if self.reward_norm is not None:
-            self.reward_norm.load_state_dict(state["reward_norm"])
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])

@@ -26,8 +26,6 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-HEURISTICS = ("none", "all", "quantile", "gaussian", "stochastic")
-
 
 def shared_fraction(mask: Tensor, valid: Tensor) -> Tensor:
     """Fraction of each agent's valid transitions that were shared, ``[A]`` float32 (0 where none is valid)."""
@@ -41,8 +39,7 @@ class SharingHeuristic:
 
     name = "base"
 
-    def __init__(self, n_agents: int, beta: float = 0.1, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None):
+    def __init__(self, n_agents: int, beta: float, device: torch.device | str = "cpu", generator: torch.Generator | None = None):
         self.n_agents = int(n_agents)
         self.beta = float(beta)
         self.device = torch.device(device)
@@ -96,7 +93,7 @@ class _WindowHeuristic(SharingHeuristic):
     :meth:`threshold`, computed from the updated window. NaN slots (window not yet full) are ignored.
     """
 
-    def __init__(self, n_agents: int, beta: float = 0.1, window: int = 1500, device: torch.device | str = "cpu",
+    def __init__(self, n_agents: int, beta: float, window: int, device: torch.device | str = "cpu",
                  generator: torch.Generator | None = None):
         super().__init__(n_agents, beta, device, generator)
         self.k = int(window)
@@ -202,25 +199,19 @@ class StochasticSharing(SharingHeuristic):
         return u < p  # p = 0 where not valid, and u >= 0, so invalid entries are never shared
 
 
-_CLASSES = {
-    "none": NoSharing,
-    "all": ShareAll,
-    "quantile": QuantileSharing,
-    "gaussian": GaussianSharing,
-    "stochastic": StochasticSharing,
-}
+HEURISTICS = {cls.name: cls for cls in (NoSharing, ShareAll, QuantileSharing, GaussianSharing, StochasticSharing)}
 
 
-def make_heuristic(name: str, n_agents: int, beta: float = 0.1, window: int = 1500,
-                   device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> SharingHeuristic:
+def make_heuristic(name: str, n_agents: int, beta: float, window: int, device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None) -> SharingHeuristic:
     """Build the heuristic called ``name`` (one of :data:`HEURISTICS`)."""
-    if name not in _CLASSES:
+    if name not in HEURISTICS:
         raise ValueError(f"unknown sharing heuristic '{name}'; pick one of {', '.join(HEURISTICS)}")
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"sharing beta must be in (0, 1], got {beta}")
     if int(window) < 1:
         raise ValueError(f"sharing window must be >= 1, got {window}")
-    cls = _CLASSES[name]
+    cls = HEURISTICS[name]
     if issubclass(cls, _WindowHeuristic):
         return cls(n_agents, beta, window, device, generator)
     return cls(n_agents, beta, device, generator)

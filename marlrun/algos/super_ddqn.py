@@ -17,61 +17,107 @@ loops over agents in Python.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import torch
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm
-from marlrun.algos.sharing import make_heuristic, shared_fraction
+from marlrun.algos.base import Algorithm, linear_schedule
+from marlrun.algos.sharing import HEURISTICS, make_heuristic, shared_fraction
 from marlrun.envs.base import EnvSpec, VecStep
-from marlrun.errors import UserError
-from marlrun.hardware import autocast, compute_dtype
+from marlrun.errors import UserError, require, require_batch_fits
+from marlrun.hardware import compute_dtype
 from marlrun.nn import DuelingQNetwork, clip_grad_norm_per_set
 from marlrun.replay import AgentReplay
 
 
+@dataclass
+class SuperDDQNConfig:
+    """SUPER on dueling double DQN with prioritized replay (Gerstgrasser et al., 2023). Defaults are the reference
+    settings for pursuit."""
+
+    name: str = "super_ddqn"
+    # experience sharing
+    sharing: str = "quantile"  # none (independent DDQN) | all | quantile | gaussian | stochastic
+    bandwidth: float = 0.1  # beta: target fraction of each agent's transitions shared, in (0, 1]
+    window: int = 1500  # k: recent |TD| values the quantile and gaussian heuristics remember
+    share_team: Optional[str] = None  # share only among agents of this team (null: every team within itself)
+    parameter_sharing: bool = False  # baseline: one network trained on every agent's replay instead of one per agent
+    # DQN
+    lr: float = 1.6e-4  # Adam learning rate
+    adam_eps: float = 1e-8  # Adam epsilon
+    gamma: float = 0.99  # discount
+    batch_size: int = 32  # minibatch per agent per gradient step
+    buffer_size: int = 120_000  # replay capacity per agent
+    learning_starts: int = 1_000  # env steps before the first gradient step
+    rollout_fragment: int = 4  # env steps per environment copy between sharing rounds
+    updates_per_fragment: int = 1  # gradient steps per agent after each fragment of one environment copy
+    target_update_interval: int = 1_000  # env steps between hard target-network copies
+    max_grad_norm: float = 40.0  # gradient norm clip, per agent
+    huber_delta: float = 1.0  # Huber loss threshold on the TD error
+    # exploration: epsilon-greedy, linear decay
+    epsilon_start: float = 0.1  # exploration rate at the start
+    epsilon_end: float = 0.001  # exploration rate after epsilon_decay_steps
+    epsilon_decay_steps: int = 100_000  # env steps from epsilon_start to epsilon_end
+    # prioritized replay (Schaul et al.)
+    prioritized: bool = True  # prioritized replay (false: uniform)
+    per_alpha: float = 0.6  # priority exponent
+    per_beta: float = 0.4  # importance-sampling exponent
+    per_eps: float = 1e-6  # added to every |TD| priority
+    # network: conv stack -> linear -> dueling heads
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # widths of the ReLU convolutions
+    conv_kernel: int = 2  # side of the square convolution kernels
+    hidden: int = 64  # linear layer after the convolutions
+    head_hidden: int = 256  # hidden units in the value and advantage streams
+
+    def __post_init__(self) -> None:
+        require(self.sharing in HEURISTICS, "algo.sharing", f"unknown heuristic '{self.sharing}'; pick one of {', '.join(HEURISTICS)}")
+        require(0.0 < self.bandwidth <= 1.0, "algo.bandwidth", f"beta must be in (0, 1], got {self.bandwidth}")
+        require(self.window >= 1, "algo.window", f"must be >= 1, got {self.window}")
+        require(self.lr > 0, "algo.lr", "must be > 0")
+        require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
+        for key in ("batch_size", "buffer_size", "rollout_fragment", "updates_per_fragment", "target_update_interval", "epsilon_decay_steps", "hidden", "head_hidden", "conv_kernel"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        require_batch_fits(self.batch_size, self.buffer_size)
+        require(self.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
+        for key in ("epsilon_start", "epsilon_end"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"algo.{key}", "must be in [0, 1]")
+        require(0.0 <= self.per_alpha and 0.0 <= self.per_beta <= 1.0, "algo.per_alpha/per_beta", "alpha >= 0, beta in [0, 1]")
+        require(len(self.conv_channels) >= 1 and min(self.conv_channels) >= 1, "algo.conv_channels", "needs at least one positive width")
+
+
 class SuperDDQN(Algorithm):
-    name = "super_ddqn"
     requires = frozenset({"discrete_actions", "homogeneous"})
     suggestion = "Use algo=maddpg for continuous or mixed agents."
+    state_keys = ("q", "q_target", "optimizer", "heuristic", "generator", "pending_updates", "gradient_steps", "last_target_update",
+                  "fragment", "replay")
 
-    def __init__(self, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, *, precision: str = "fp32", name: str = "super_ddqn",
-                 sharing: str, bandwidth: float, window: int, share_team: str | None, parameter_sharing: bool,
-                 lr: float, adam_eps: float, gamma: float, batch_size: int, buffer_size: int, learning_starts: int,
-                 rollout_fragment: int, updates_per_fragment: int, target_update_interval: int, max_grad_norm: float,
-                 huber_delta: float, epsilon_start: float, epsilon_end: float, epsilon_decay_steps: int,
-                 prioritized: bool, per_alpha: float, per_beta: float, per_eps: float,
-                 conv_channels: list[int], conv_kernel: int, hidden: int, head_hidden: int):
-        self.spec, self.num_envs, self.device = spec, num_envs, device
+    def __init__(self, cfg: SuperDDQNConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
+        super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
-        self.gamma, self.batch_size, self.learning_starts = gamma, batch_size, learning_starts
-        self.rollout_fragment, self.updates_per_fragment = rollout_fragment, updates_per_fragment
-        self.target_update_interval, self.max_grad_norm, self.huber_delta = target_update_interval, max_grad_norm, huber_delta
-        self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.autocast = lambda: autocast(device, precision)  # the networks' matmuls; their outputs are fp32
-
-        self.parameter_sharing = parameter_sharing
-        n_sets = 1 if parameter_sharing else A
-        net_args = (n_sets, spec.obs_shape, spec.n_actions, list(conv_channels), conv_kernel, hidden, head_hidden)
+        n_sets = 1 if cfg.parameter_sharing else A
+        net_args = (n_sets, spec.obs_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
         self.q = DuelingQNetwork(*net_args).to(device)
         # The target network only ever computes, so it is kept in the precision it computes in (bf16 or fp32):
         # no cast of its weights in every pass, and the same numbers as casting fp32 weights each time.
         self.q_target = DuelingQNetwork(*net_args).to(device, compute_dtype(precision))
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr, eps=adam_eps, fused=True)  # one kernel for all weights
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)  # one kernel for all weights
 
-        self.replay = AgentReplay(A, buffer_size, spec.obs_shape, spec.obs_storage_dtype, device, prioritized,
-                                  per_alpha, per_beta, per_eps, generator=self.generator)
-        self.heuristic = make_heuristic(sharing, A, bandwidth, window, device, self.generator)
-        if share_team is not None and share_team not in spec.team_names:
-            raise UserError(f"algo.share_team: env={spec.name} has no team '{share_team}'; its teams are {', '.join(spec.team_names)}")
-        self.receives = self._share_matrix(spec, share_team).to(device)  # receives[sender, receiver]
+        self.replay = AgentReplay(A, cfg.buffer_size, spec.obs_shape, spec.obs_storage_dtype, device, cfg.prioritized,
+                                  cfg.per_alpha, cfg.per_beta, cfg.per_eps, generator=self.generator)
+        self.heuristic = make_heuristic(cfg.sharing, A, cfg.bandwidth, cfg.window, device, self.generator)
+        if cfg.share_team is not None and cfg.share_team not in spec.team_names:
+            raise UserError(f"algo.share_team: env={spec.name} has no team '{cfg.share_team}'; its teams are {', '.join(spec.team_names)}")
+        self.receives = self._share_matrix(spec, cfg.share_team).to(device)  # receives[sender, receiver]
 
         self.fragment: list[tuple[torch.Tensor, ...]] = []
         self.replay_ready = False  # every agent's buffer holds a transition
         self.pending_updates = 0
-        self.updates_per_call = -(-updates_per_fragment * num_envs // rollout_fragment)
+        self.updates_per_call = -(-cfg.updates_per_fragment * num_envs // cfg.rollout_fragment)
         self.gradient_steps = 0  # per agent
         self.last_target_update = 0
 
@@ -88,13 +134,12 @@ class SuperDDQN(Algorithm):
 
     def _q_values(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
         """obs [A, B, ...] -> Q [A, B, n_actions], folding agents into the batch under parameter sharing."""
-        if self.parameter_sharing:
+        if self.cfg.parameter_sharing:
             return net(obs.reshape(1, -1, *obs.shape[2:])).reshape(*obs.shape[:2], -1)
         return net(obs)
 
     def epsilon(self, env_steps: int) -> float:
-        frac = min(1.0, env_steps / self.epsilon_decay_steps)
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_schedule(self.cfg.epsilon_start, self.cfg.epsilon_end, self.cfg.epsilon_decay_steps, env_steps)
 
     def schedule(self, env_steps: int) -> dict[str, float]:
         return {"train/epsilon": self.epsilon(env_steps)}
@@ -112,7 +157,7 @@ class SuperDDQN(Algorithm):
             with torch.no_grad():
                 next_action = next_online.argmax(-1, keepdim=True)
                 next_q = self._q_values(self.q_target, next_obs).gather(-1, next_action).squeeze(-1)
-        target = reward + self.gamma * (1.0 - terminated) * next_q
+        target = reward + self.cfg.gamma * (1.0 - terminated) * next_q
         return target - q_taken
 
     # ------------------------------------------------------------------ acting
@@ -132,14 +177,14 @@ class SuperDDQN(Algorithm):
     # ------------------------------------------------------------------ collecting and sharing
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict[str, torch.Tensor]:
         self.fragment.append((obs, actions, step.reward, step.next_obs, step.terminated, step.alive))
-        if len(self.fragment) < self.rollout_fragment:
+        if len(self.fragment) < self.cfg.rollout_fragment:
             return {}
         # [T, E, A, ...] -> per agent [A, N = T * E, ...]
         obs, action, reward, next_obs, terminated, alive = (
             torch.stack(x).transpose(0, 2).flatten(1, 2) for x in zip(*self.fragment)
         )
         self.fragment.clear()
-        self.pending_updates += self.updates_per_fragment * self.num_envs
+        self.pending_updates += self.cfg.updates_per_fragment * self.num_envs
         return self._insert_and_share(obs, action, reward, next_obs, terminated.float(), alive)
 
     @torch.no_grad()
@@ -163,7 +208,7 @@ class SuperDDQN(Algorithm):
 
     # ------------------------------------------------------------------ learning
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
-        if env_steps < self.learning_starts or not self.replay_ready:
+        if env_steps < self.cfg.learning_starts or not self.replay_ready:
             self.pending_updates = 0
             return {}
         metrics: dict[str, torch.Tensor] = {}
@@ -171,19 +216,19 @@ class SuperDDQN(Algorithm):
         for _ in range(min(self.pending_updates, self.updates_per_call)):
             metrics = self.gradient_step()
             self.pending_updates -= 1
-        if env_steps - self.last_target_update >= self.target_update_interval:
+        if env_steps - self.last_target_update >= self.cfg.target_update_interval:
             self.q_target.load_state_dict(self.q.state_dict())
             self.last_target_update = env_steps
         return metrics
 
     def gradient_step(self) -> dict[str, torch.Tensor]:
-        batch = self.replay.sample(self.batch_size)  # every field [A, B, ...]
+        batch = self.replay.sample(self.cfg.batch_size)  # every field [A, B, ...]
         td = self.td_error(batch["obs"], batch["action"], batch["reward"], batch["next_obs"], batch["terminated"])
-        per_sample = F.huber_loss(td, torch.zeros_like(td), reduction="none", delta=self.huber_delta)
+        per_sample = F.huber_loss(td, torch.zeros_like(td), reduction="none", delta=self.cfg.huber_delta)
         loss = (batch["weight"] * per_sample).mean(1).sum()  # each agent's loss touches only its own weights
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_grad_norm_per_set(self.q.parameters(), self.max_grad_norm)
+        clip_grad_norm_per_set(self.q.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         td_abs = td.detach().abs()
         self.replay.update_priorities(batch["index"], td_abs)
@@ -191,32 +236,5 @@ class SuperDDQN(Algorithm):
         return {"train/loss": loss.detach() / self.n_agents, "train/td_error": td_abs.mean()}
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, include_replay: bool = True) -> dict:
-        state = {
-            "q": self.q.state_dict(),
-            "q_target": self.q_target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "heuristic": self.heuristic.state_dict(),
-            "generator": self.generator.get_state(),
-            "pending_updates": self.pending_updates,
-            "gradient_steps": self.gradient_steps,
-            "last_target_update": self.last_target_update,
-            "fragment": [list(step) for step in self.fragment],
-        }
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.heuristic.load_state_dict(state["heuristic"])
-        self.generator.set_state(state["generator"])
-        self.pending_updates = state["pending_updates"]
-        self.gradient_steps = state["gradient_steps"]
-        self.last_target_update = state["last_target_update"]
-        self.fragment = [tuple(step) for step in state["fragment"]]
-        if "replay" in state:  # else the buffers refill before learning goes on
-            self.replay.load_state_dict(state["replay"])
-        self.replay_ready = bool((self.replay.size > 0).all())
+    def loaded(self) -> None:
+        self.replay_ready = bool((self.replay.size > 0).all())  # a checkpoint without replay: the buffers refill first

@@ -12,7 +12,9 @@ vectorised comparison, together with everyone's previous action.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +27,28 @@ if _omp_threads is None:  # magent2 sets OMP_NUM_THREADS to half the cores when 
 
 from marlrun.envs.base import EnvSpec, MaskNeighbours, VecEnv, VecStep
 from marlrun.envs.vector import copy_seed
+from marlrun.errors import require
+
+
+@dataclass
+class BattleConfig:
+    """magent2 battle_v4: red against blue; map_size 40 gives 64 against 64 (the MF-Q paper's setting)."""
+
+    name: str = "battle"
+    map_size: int = 40  # side of the square map; the library places about map_size^2 * 0.04 agents per team
+    max_cycles: int = 400  # steps per round (the MF-Q paper's 400; the library's default is 1000)
+    view_radius: int = 6  # mean fields: teammates within this many cells (6 = the 13x13 view)
+    minimap_mode: bool = False  # add the library's minimap channels to observations
+    extra_features: bool = False  # add the library's extra feature channels (last action, last reward...)
+    step_reward: float = -0.005  # reward every step (the library's default)
+    dead_penalty: float = -0.1  # reward on dying (the library's default)
+    attack_penalty: float = -0.1  # reward per attack (the library's default)
+    attack_opponent_reward: float = 0.2  # reward per attack that hits an opponent (the library's default)
+
+    def __post_init__(self) -> None:
+        require(self.map_size >= 12, "env.map_size", f"battle_v4 needs a map of at least 12x12, got {self.map_size}")
+        require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        require(self.view_radius >= 0, "env.view_radius", "must be >= 0")
 
 TEAMS = ("red", "blue")
 
@@ -44,14 +68,14 @@ def library_state(env) -> np.ndarray:
         env._all_handles = handles
 
 
-def battle_spec(map_size: int, name: str = "battle", extra_features: bool = False, minimap_mode: bool = False) -> EnvSpec:
-    env = battle_v4.parallel_env(map_size=map_size, minimap_mode=minimap_mode, extra_features=extra_features)
+def battle_spec(cfg: BattleConfig) -> EnvSpec:
+    env = battle_v4.parallel_env(map_size=cfg.map_size, minimap_mode=cfg.minimap_mode, extra_features=cfg.extra_features)
     agents = tuple(env.possible_agents)
     obs_shape = env.observation_space(agents[0]).shape
     state_shape = env.state_space.shape  # the library's state(): walls, each team's presence and hit points (and features)
     env.close()
     return EnvSpec(
-        name=name,
+        name=cfg.name,
         agent_names=agents,
         obs_shape=tuple(obs_shape),
         n_actions=21,  # 13 moves and 8 attacks
@@ -75,16 +99,12 @@ def neighbour_mask(positions: torch.Tensor, alive: torch.Tensor, teams: torch.Te
 class BattleVecEnv(VecEnv):
     """``num_envs`` copies of battle_v4 as one batched environment with fixed agent slots."""
 
-    def __init__(self, num_envs: int, seed: int, device="cpu", name: str = "battle", *, map_size: int, max_cycles: int,
-                 view_radius: int, minimap_mode: bool, extra_features: bool, step_reward: float, dead_penalty: float,
-                 attack_penalty: float, attack_opponent_reward: float):
-        self.num_envs, self.device = num_envs, torch.device(device)
-        self.spec = battle_spec(map_size, name, extra_features, minimap_mode)
+    def __init__(self, cfg: BattleConfig, num_envs: int, seed: int, device="cpu"):
+        self.cfg, self.num_envs, self.device = cfg, num_envs, torch.device(device)
+        self.spec = battle_spec(cfg)
         self.n_agents = A = self.spec.n_agents
-        self.view_radius = view_radius
-        kwargs = dict(map_size=map_size, max_cycles=max_cycles, minimap_mode=minimap_mode, extra_features=extra_features,
-                      step_reward=step_reward, dead_penalty=dead_penalty, attack_penalty=attack_penalty,
-                      attack_opponent_reward=attack_opponent_reward)
+        self.view_radius = cfg.view_radius
+        kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "view_radius")}
         self.envs = [battle_v4.parallel_env(**kwargs) for _ in range(num_envs)]
         self.seeds = [copy_seed(seed, i) for i in range(num_envs)]
         self.names = self.spec.agent_names
@@ -199,6 +219,6 @@ class BattleVecEnv(VecEnv):
                 env.close()
 
 
-def make_battle(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "battle", **kwargs) -> BattleVecEnv:
+def make_battle(cfg: BattleConfig, num_envs: int, num_workers: int, seed: int, device="cpu") -> BattleVecEnv:
     """battle_v4 copies stepped in this process (``num_workers`` is not used: the C++ game is fast)."""
-    return BattleVecEnv(num_envs, seed, device, name, **kwargs)
+    return BattleVecEnv(cfg, num_envs, seed, device)

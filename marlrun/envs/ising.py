@@ -17,6 +17,7 @@ E(s) = -J sum_<ij> s_i s_j - h sum_i s_i (every bond once): the spec then has th
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import gymnasium
 import numpy as np
@@ -24,13 +25,39 @@ import torch
 from pettingzoo.utils.env import ParallelEnv
 
 from marlrun.envs.base import EnvSpec, IndexNeighbours, VecEnv, VecStep
+from marlrun.errors import require
 
 REWARDS = ("physical", "alignment")
 OBSERVATIONS = ("spins", "neighbours")  # [own spin, k neighbour spins] | [k neighbour spins]
 NEIGHBOURS = {1: (2,), 2: (4, 8)}  # allowed neighbourhood sizes per lattice dimension
 
 
-def _validate(dims: int, L: int, neighbours: int, reward: str = "physical", max_cycles: int = 1, observation: str = "spins") -> None:
+@dataclass
+class IsingConfig:
+    """Ising model of marlrun's own, in torch: every spin of a ring or torus is an agent choosing up or down."""
+
+    name: str = "ising"
+    dims: int = 2  # 1: a ring of L spins; 2: an L x L torus
+    L: int = 32  # side of the lattice (spins per side)
+    neighbours: int = 4  # 1D: 2; 2D: 4 (von Neumann) or 8 (with diagonals)
+    reward: str = "physical"  # physical: 0.5 * J * s_i * sum of neighbour spins + h * s_i | alignment: the seed chapter's
+    J: float = 1.0  # coupling
+    h: float = 0.0  # external field
+    max_cycles: int = 100  # steps per episode (then a fresh random lattice)
+    observation: str = "spins"  # spins: [own spin, neighbour spins] | neighbours: the neighbours' spins only (the MF-Q paper's Ising code)
+
+    def __post_init__(self) -> None:
+        require(self.dims in NEIGHBOURS, "env.dims", f"must be 1 (ring) or 2 (torus), got {self.dims}")
+        require(self.L >= 3, "env.L", f"the lattice side must be >= 3, got {self.L}")
+        allowed = NEIGHBOURS[self.dims]
+        require(self.neighbours in allowed, "env.neighbours", f"a {self.dims}D lattice takes {' or '.join(map(str, allowed))} neighbours, got {self.neighbours}")
+        require(self.reward in REWARDS, "env.reward", f"unknown reward '{self.reward}'; pick one of {', '.join(REWARDS)}")
+        require(self.observation in OBSERVATIONS, "env.observation",
+                f"unknown observation '{self.observation}'; pick one of {', '.join(OBSERVATIONS)}")
+        require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+
+
+def _validate_lattice(dims: int, L: int, neighbours: int) -> None:
     if dims not in NEIGHBOURS:
         raise ValueError(f"Ising lattice dims must be 1 or 2, got {dims!r}")
     if not isinstance(L, numbers.Integral) or L < 3:
@@ -38,12 +65,6 @@ def _validate(dims: int, L: int, neighbours: int, reward: str = "physical", max_
     if neighbours not in NEIGHBOURS[dims]:
         allowed = " or ".join(map(str, NEIGHBOURS[dims]))
         raise ValueError(f"a {dims}D Ising lattice has {allowed} neighbours per spin, got neighbours={neighbours!r}")
-    if reward not in REWARDS:
-        raise ValueError(f"Ising reward must be one of {', '.join(REWARDS)}, got {reward!r}")
-    if not isinstance(max_cycles, numbers.Integral) or max_cycles < 1:
-        raise ValueError(f"Ising max_cycles must be an integer >= 1, got {max_cycles!r}")
-    if observation not in OBSERVATIONS:
-        raise ValueError(f"Ising observation must be one of {', '.join(OBSERVATIONS)}, got {observation!r}")
 
 
 def lattice_neighbours(dims: int, L: int, k: int) -> torch.Tensor:
@@ -53,7 +74,7 @@ def lattice_neighbours(dims: int, L: int, k: int) -> torch.Tensor:
     2D torus: up (x-1, y), down (x+1, y), left (x, y-1), right (x, y+1); k=8 adds the diagonals
     (x-1, y-1), (x-1, y+1), (x+1, y-1), (x+1, y+1).
     """
-    _validate(dims, L, k)
+    _validate_lattice(dims, L, k)
     if dims == 1:
         x = torch.arange(L)
         return torch.stack([(x - 1) % L, (x + 1) % L], dim=1)
@@ -65,18 +86,17 @@ def lattice_neighbours(dims: int, L: int, k: int) -> torch.Tensor:
     return torch.stack([((x + dx) % L) * L + (y + dy) % L for dx, dy in offsets], dim=1)
 
 
-def ising_spec(dims: int = 2, L: int = 32, neighbours: int = 4, name: str = "ising", reward: str = "physical",
-               observation: str = "spins") -> EnvSpec:
-    n = L**dims
+def ising_spec(cfg: IsingConfig) -> EnvSpec:
+    n = cfg.L**cfg.dims
     return EnvSpec(
-        name=name,
+        name=cfg.name,
         agent_names=tuple(f"spin_{i}" for i in range(n)),
-        obs_shape=(neighbours + (observation == "spins"),),
+        obs_shape=(cfg.neighbours + (cfg.observation == "spins"),),
         n_actions=2,
         teams=("spin",) * n,
         obs_storage_dtype=torch.int8,  # spins are +-1
         # "ising_energy": the rewards add up to minus an Ising energy (context() says J and h), which algo=mcmc samples
-        capabilities=frozenset({"neighbours", "ising_energy"} if reward == "physical" else {"neighbours"}),
+        capabilities=frozenset({"neighbours", "ising_energy"} if cfg.reward == "physical" else {"neighbours"}),
     )
 
 
@@ -89,25 +109,21 @@ class IsingVecEnv(VecEnv):
     a ``PettingZooVecEnv`` do), which is what evaluation relies on.
     """
 
-    def __init__(
-        self, num_envs: int, seed: int, device: torch.device | str = "cpu", name: str = "ising", *,
-        dims: int = 2, L: int = 32, neighbours: int = 4, reward: str = "physical", J: float = 1.0, h: float = 0.0,
-        max_cycles: int = 100, observation: str = "spins",
-    ):
-        _validate(dims, L, neighbours, reward, max_cycles, observation)
+    def __init__(self, cfg: IsingConfig, num_envs: int, seed: int, device: torch.device | str = "cpu"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
-        self.dims, self.L, self.k = int(dims), int(L), int(neighbours)
-        self.reward_kind, self.J, self.h = reward, float(J), float(h)
-        self.max_cycles = int(max_cycles)
-        self.observation = observation
-        self.spec = ising_spec(dims, L, neighbours, name, reward, observation)
+        self.cfg = cfg
+        self.dims, self.L, self.k = int(cfg.dims), int(cfg.L), int(cfg.neighbours)
+        self.reward_kind, self.J, self.h = cfg.reward, float(cfg.J), float(cfg.h)
+        self.max_cycles = int(cfg.max_cycles)
+        self.observation = cfg.observation
+        self.spec = ising_spec(cfg)
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.seed = int(seed)
-        self.index = lattice_neighbours(dims, L, neighbours).to(self.device)  # [N, k]
+        self.index = lattice_neighbours(self.dims, self.L, self.k).to(self.device)  # [N, k]
         # one gather of the flat spins [E, N] by [own, neighbours] gives the observations [E, N, k + 1]
         self._obs_index = torch.cat([torch.arange(self.n_agents, device=self.device)[:, None], self.index], 1).reshape(1, -1)
-        self._field_weights = torch.ones(neighbours + 1, device=self.device)  # obs @ weights = sum of neighbour spins
+        self._field_weights = torch.ones(self.k + 1, device=self.device)  # obs @ weights = sum of neighbour spins
         self._field_weights[0] = 0.0
         self._neighbours = IndexNeighbours(self.index)
         self._generator = torch.Generator(device=self.device)
@@ -255,9 +271,9 @@ class IsingVecEnv(VecEnv):
         pass
 
 
-def make_ising(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "ising", **kwargs) -> IsingVecEnv:
+def make_ising(cfg: IsingConfig, num_envs: int, num_workers: int, seed: int, device="cpu") -> IsingVecEnv:
     """The runner's factory: ``num_envs`` lattices on ``device`` (``num_workers`` is ignored: no worker processes)."""
-    return IsingVecEnv(num_envs, seed, device, name, **kwargs)
+    return IsingVecEnv(cfg, num_envs, seed, device)
 
 
 class IsingParallelEnv(ParallelEnv):
@@ -269,15 +285,12 @@ class IsingParallelEnv(ParallelEnv):
 
     metadata = {"name": "ising_v0", "render_modes": ["rgb_array"], "is_parallelizable": True}
 
-    def __init__(
-        self, *, dims: int = 2, L: int = 32, neighbours: int = 4, reward: str = "physical", J: float = 1.0,
-        h: float = 0.0, max_cycles: int = 100, observation: str = "spins", seed: int = 0, device: torch.device | str = "cpu",
-        render_mode: str | None = None,
-    ):
+    def __init__(self, cfg: IsingConfig | None = None, *, seed: int = 0, device: torch.device | str = "cpu", render_mode: str | None = None,
+                 **keys):
+        """``cfg``, or the keys of an ``IsingConfig`` (``IsingParallelEnv(L=8)``; the others take its defaults)."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"Ising render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.core = IsingVecEnv(1, seed, device, dims=dims, L=L, neighbours=neighbours, reward=reward, J=J, h=h, max_cycles=max_cycles,
-                                observation=observation)
+        self.core = IsingVecEnv(IsingConfig(**keys) if cfg is None else cfg, 1, seed, device)
         self.render_mode = render_mode
         self.possible_agents = list(self.core.spec.agent_names)
         self.agents: list[str] = []
@@ -292,7 +305,8 @@ class IsingParallelEnv(ParallelEnv):
 
     @max_cycles.setter
     def max_cycles(self, value: int) -> None:  # pettingzoo's parallel_api_test sets it
-        _validate(self.core.dims, self.core.L, self.core.k, self.core.reward_kind, value)
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"Ising max_cycles must be an integer >= 1, got {value!r}")
         self.core.max_cycles = value
 
     def observation_space(self, agent):

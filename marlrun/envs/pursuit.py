@@ -1,12 +1,75 @@
-"""PettingZoo SISL pursuit_v5: 8 pursuers chase 30 random evaders on a 16x16 grid."""
+"""PettingZoo SISL pursuit_v5: 8 pursuers chase 30 random evaders on a 16x16 grid; its config, and the factory of its
+two backends (the library itself, or marlrun's batched torch re-implementation in ``pursuit_native``)."""
 
 from __future__ import annotations
 
-import torch
-from pettingzoo.sisl import pursuit_v5
+import dataclasses
+from dataclasses import dataclass
 
-from marlrun.envs.base import EnvSpec
+import numpy as np
+from pettingzoo.sisl import pursuit_v5
+from pettingzoo.sisl.pursuit.utils.two_d_maps import rectangle_map
+
+from marlrun.envs.pursuit_native import PursuitNativeVecEnv, pursuit_spec
 from marlrun.envs.vector import PettingZooVecEnv
+from marlrun.errors import require
+
+BACKENDS = ("native", "pettingzoo")
+
+
+@dataclass
+class PursuitConfig:
+    """PettingZoo SISL pursuit_v5, every constructor argument exposed. Defaults: the library's, except shared_reward
+    (the library's default is true; the SUPER paper's setting, used here, is false).
+
+    What fits: a reset places each agent apart from the others of its kind (its cell and its 4 neighbours), and the
+    library draws again until it finds room, forever if there is none. So both backends refuse more pursuers or
+    evaders than the worst start window always has room for (16x16: 39; 10x10: 17; 8x8: 10), a window under one cell
+    per side, an obs_range above 2 * side + 1, and (surround: false) an n_catch above n_pursuers."""
+
+    name: str = "pursuit"
+    backend: str = "native"  # native: marlrun's batched torch pursuit on the training device (same dynamics, tested in lockstep) | pettingzoo: the library's, in hardware.env_workers processes
+    x_size: int = 16  # grid width
+    y_size: int = 16  # grid height
+    n_pursuers: int = 8  # learning agents
+    n_evaders: int = 30  # evaders move at random
+    obs_range: int = 7  # side of each pursuer's square view (odd)
+    n_catch: int = 2  # pursuers needed around an evader to catch it
+    freeze_evaders: bool = False  # evaders stand still
+    surround: bool = True  # true: evaders are caught when surrounded; false: when n_catch pursuers share its cell
+    shared_reward: bool = False  # every pursuer receives the team's mean reward (the library's default: true)
+    tag_reward: float = 0.01  # per evader tagged (a pursuer moves onto it)
+    catch_reward: float = 5.0  # per pursuer taking part in a catch
+    urgency_reward: float = -0.1  # added every step
+    constraint_window: float = 1.0  # fraction of the map where agents may start
+    max_cycles: int = 500  # steps before truncation
+
+    def __post_init__(self) -> None:
+        require(self.backend in BACKENDS, "env.backend", f"unknown backend '{self.backend}'; pick one of {', '.join(BACKENDS)}")
+        require(self.x_size >= 2 and self.y_size >= 2, "env.x_size/env.y_size", "the grid must be at least 2x2")
+        require(self.n_pursuers >= 1, "env.n_pursuers", "must be >= 1")
+        require(self.n_evaders >= 1, "env.n_evaders", "must be >= 1")
+        require(self.obs_range >= 1 and self.obs_range % 2 == 1, "env.obs_range", "must be a positive odd number")
+        require(self.n_catch >= 1, "env.n_catch", "must be >= 1")
+        require(0.0 < self.constraint_window <= 1.0, "env.constraint_window", "must be in (0, 1]")
+        require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        view = 2 * max(self.x_size, self.y_size) + 1
+        require(self.obs_range <= view, "env.obs_range", f"at most {view} on a {self.x_size}x{self.y_size} map (a view of {view} sees all of it from any cell), got {self.obs_range}")
+        require(self.surround or self.n_catch <= self.n_pursuers, "env.n_catch",
+                f"{self.n_catch} pursuers must share an evader's cell to catch it, but there are only {self.n_pursuers} (env.n_pursuers); no catch would ever happen")
+        smallest = 1 / min(self.x_size, self.y_size)
+        require(int(self.x_size * self.constraint_window) >= 1 and int(self.y_size * self.constraint_window) >= 1, "env.constraint_window",
+                f"the start window must hold at least one cell per side: at least {smallest:.3g} on a {self.x_size}x{self.y_size} map, got {self.constraint_window}")
+        room = start_window_room(self.x_size, self.y_size, self.constraint_window)
+        fits = most_agents_apart(room)
+        for key, n in (("env.n_pursuers", self.n_pursuers), ("env.n_evaders", self.n_evaders)):
+            require(n <= fits, key, f"{n} do not fit on a {self.x_size}x{self.y_size} map: a reset places each agent apart from the others of its kind "
+                                    f"(its cell and 4 neighbours), and the start window has {room} open cells, room for {fits}; "
+                                    "use fewer, a bigger map (env.x_size, env.y_size) or a larger env.constraint_window")
+
+    def library_kwargs(self) -> dict:
+        """The keyword arguments of ``pursuit_v5.parallel_env`` (every one, so none falls back to the library's default)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "backend")}
 
 
 class PursuitFactory:
@@ -22,9 +85,6 @@ class PursuitFactory:
 def start_window_room(x_size: int, y_size: int, constraint_window: float) -> int:
     """Open cells (not the central building of the library's ``rectangle_map``) in the worst start window a reset can
     draw: ``floor(side * constraint_window)`` cells per side, anywhere on the map."""
-    import numpy as np
-    from pettingzoo.sisl.pursuit.utils.two_d_maps import rectangle_map
-
     wx, wy = int(x_size * constraint_window), int(y_size * constraint_window)
     if wx < 1 or wy < 1:
         return 0
@@ -39,23 +99,10 @@ def most_agents_apart(room: int) -> int:
     return (room - 1) // 5 + 1 if room > 0 else 0
 
 
-def pursuit_spec(n_pursuers: int, obs_range: int, name: str = "pursuit") -> EnvSpec:
-    return EnvSpec(
-        name=name,
-        agent_names=tuple(f"pursuer_{i}" for i in range(n_pursuers)),
-        obs_shape=(obs_range, obs_range, 3),  # channels: obstacles, pursuer count, evader count
-        n_actions=5,
-        teams=("pursuer",) * n_pursuers,
-        obs_storage_dtype=torch.uint8,  # 0/1 walls and small agent counts
-    )
-
-
-def make_pursuit(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "pursuit", backend: str = "pettingzoo", **kwargs):
+def make_pursuit(cfg: PursuitConfig, num_envs: int, num_workers: int, seed: int, device="cpu"):
     """pursuit_v5 copies: PettingZoo's own (``backend="pettingzoo"``, stepped by SuperSuit in ``num_workers``
     processes) or marlrun's batched torch re-implementation on ``device`` (``backend="native"``)."""
-    if backend == "native":
-        from marlrun.envs.pursuit_native import make_pursuit_native
-
-        return make_pursuit_native(num_envs, num_workers, seed, device, name, **kwargs)
-    spec = pursuit_spec(kwargs["n_pursuers"], kwargs["obs_range"], name)
-    return PettingZooVecEnv(PursuitFactory(**kwargs), spec, num_envs, num_workers, seed, device)
+    if cfg.backend == "native":
+        return PursuitNativeVecEnv(cfg, num_envs, seed, device)
+    spec = pursuit_spec(cfg)
+    return PettingZooVecEnv(PursuitFactory(**cfg.library_kwargs()), spec, num_envs, num_workers, seed, device)

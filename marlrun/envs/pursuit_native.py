@@ -47,15 +47,23 @@ import numpy as np
 import torch
 
 from marlrun.envs.base import EnvSpec, VecEnv, VecStep
-from marlrun.envs.pursuit import pursuit_spec
 
 # DiscreteAgent.motion_range: action -> (dx, dy)
 MOVES = ((-1, 0), (1, 0), (0, 1), (0, -1), (0, 0))
 STAY = 4
 
-DEFAULTS = dict(x_size=16, y_size=16, n_pursuers=8, n_evaders=30, obs_range=7, n_catch=2, freeze_evaders=False,
-                surround=True, shared_reward=True, tag_reward=0.01, catch_reward=5.0, urgency_reward=-0.1,
-                constraint_window=1.0, max_cycles=500)
+
+
+def pursuit_spec(cfg) -> EnvSpec:
+    """What pursuit (``cfg``: a ``PursuitConfig``) is to an algorithm, on both backends."""
+    return EnvSpec(
+        name=cfg.name,
+        agent_names=tuple(f"pursuer_{i}" for i in range(cfg.n_pursuers)),
+        obs_shape=(cfg.obs_range, cfg.obs_range, 3),  # channels: obstacles, pursuer count, evader count
+        n_actions=5,
+        teams=("pursuer",) * cfg.n_pursuers,
+        obs_storage_dtype=torch.uint8,  # 0/1 walls and small agent counts
+    )
 
 
 def rectangle_map(x_size: int, y_size: int, xb: float = 0.3, yb: float = 0.2) -> np.ndarray:
@@ -98,11 +106,9 @@ class PursuitNative:
     updated incrementally as agents move, so observations are one ``index_select`` of window rows.
     """
 
-    def __init__(self, num_games: int, x_size: int = 16, y_size: int = 16, n_pursuers: int = 8, n_evaders: int = 30,
-                 obs_range: int = 7, n_catch: int = 2, freeze_evaders: bool = False, surround: bool = True,
-                 shared_reward: bool = True, tag_reward: float = 0.01, catch_reward: float = 5.0,
-                 urgency_reward: float = -0.1, constraint_window: float = 1.0, max_cycles: int = 500,
-                 device: torch.device | str = "cpu", seed: int | None = 0):
+    def __init__(self, num_games: int, *, x_size: int, y_size: int, n_pursuers: int, n_evaders: int, obs_range: int, n_catch: int,
+                 freeze_evaders: bool, surround: bool, shared_reward: bool, tag_reward: float, catch_reward: float,
+                 urgency_reward: float, constraint_window: float, max_cycles: int, device: torch.device | str = "cpu", seed: int | None = 0):
         if n_pursuers < 1 or n_evaders < 0 or x_size < 1 or y_size < 1 or obs_range < 1:
             raise ValueError("pursuit needs at least one pursuer, a non-empty map and obs_range >= 1")
         self.B, self.X, self.Y = int(num_games), int(x_size), int(y_size)
@@ -394,17 +400,14 @@ class PursuitNativeVecEnv(VecEnv):
     Every step returns new tensors; ``obs`` and ``next_obs`` are one tensor where no copy ended (read-only use).
     """
 
-    def __init__(self, num_envs: int, seed: int, device: torch.device | str = "cpu", name: str = "pursuit", **kwargs):
-        unknown = set(kwargs) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown pursuit arguments: {sorted(unknown)}")
-        self.kwargs = {**DEFAULTS, **kwargs}
-        spec = pursuit_spec(self.kwargs["n_pursuers"], self.kwargs["obs_range"], name)
-        self.spec: EnvSpec = dataclasses.replace(spec, capabilities=spec.capabilities | {"state"},
-                                                 state_shape=(self.kwargs["y_size"], self.kwargs["x_size"], 3))
+    def __init__(self, cfg, num_envs: int, seed: int, device: torch.device | str = "cpu"):
+        """``cfg``: a ``PursuitConfig`` (marlrun/envs/pursuit.py)."""
+        self.cfg = cfg
+        spec = pursuit_spec(cfg)
+        self.spec: EnvSpec = dataclasses.replace(spec, capabilities=spec.capabilities | {"state"}, state_shape=(cfg.y_size, cfg.x_size, 3))
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
-        self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **self.kwargs)
+        self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **cfg.library_kwargs())
         self._actions: torch.Tensor | None = None
         self._closed = False
 
@@ -447,8 +450,3 @@ class PursuitNativeVecEnv(VecEnv):
 
     def close(self) -> None:
         self._closed = True
-
-
-def make_pursuit_native(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "pursuit", **kwargs) -> PursuitNativeVecEnv:
-    """Drop-in for ``make_pursuit`` (same arguments; ``num_workers`` is ignored: one process steps every copy)."""
-    return PursuitNativeVecEnv(num_envs, seed, device, name, **kwargs)

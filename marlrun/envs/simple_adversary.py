@@ -24,6 +24,8 @@ rewards closing in, so an adversary that is unsure which landmark is the target 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from mpe2 import simple_adversary_v3
@@ -31,9 +33,29 @@ from pettingzoo.utils.conversions import aec_to_parallel
 
 from marlrun.envs.base import EnvSpec
 from marlrun.envs.vector import PadObservations, PettingZooVecEnv
+from marlrun.errors import require
 
 
 ADVERSARY_REWARDS = ("distance", "squared_distance")
+
+
+@dataclass
+class SimpleAdversaryConfig:
+    """mpe2 simple_adversary_v3 (physical deception): 1 adversary against N good agents, N landmarks."""
+
+    name: str = "simple_adversary"
+    N: int = 2  # good agents, and landmarks
+    max_cycles: int = 25  # steps before truncation
+    continuous_actions: bool = False  # false: Discrete(5); true: Box(0, 1, (5,)), the strength of each move
+    success_radius: float = 0.16  # game score: a side succeeds when it ends this close to the target (2 landmark radii)
+    adversary_reward: str = "distance"  # distance (mpe2's) | squared_distance (openai's, the MADDPG paper's)
+
+    def __post_init__(self) -> None:
+        require(self.N >= 1, "env.N", f"must be >= 1, got {self.N}")
+        require(self.adversary_reward in ADVERSARY_REWARDS, "env.adversary_reward",
+                f"unknown reward '{self.adversary_reward}'; pick distance or squared_distance")
+        require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
+        require(self.success_radius > 0, "env.success_radius", "must be > 0")
 
 
 def squared_distance_reward(agent, world) -> float:
@@ -48,7 +70,7 @@ class SimpleAdversaryFactory:
     bounds), which are most of the cost of a step of a world this small: about 5,300 steps/s against 2,900.
     """
 
-    def __init__(self, adversary_reward: str = "distance", **kwargs):
+    def __init__(self, adversary_reward: str, **kwargs):
         self.adversary_reward, self.kwargs = adversary_reward, kwargs
 
     def __call__(self):
@@ -58,7 +80,8 @@ class SimpleAdversaryFactory:
         return PadObservations(aec_to_parallel(env))
 
 
-def simple_adversary_spec(N: int, continuous_actions: bool, name: str = "simple_adversary") -> EnvSpec:
+def simple_adversary_spec(cfg: SimpleAdversaryConfig) -> EnvSpec:
+    N, continuous_actions, name = cfg.N, cfg.continuous_actions, cfg.name
     good_size, adversary_size = 2 + 4 * N, 4 * N
     return EnvSpec(
         name=name,
@@ -93,9 +116,7 @@ class SimpleAdversaryVecEnv(PettingZooVecEnv):
         }
 
 
-def make_simple_adversary(num_envs: int, num_workers: int, seed: int, device="cpu", name: str = "simple_adversary", *,
-                          N: int, max_cycles: int, continuous_actions: bool, success_radius: float,
-                          adversary_reward: str = "distance") -> SimpleAdversaryVecEnv:
-    spec = simple_adversary_spec(N, continuous_actions, name)
-    factory = SimpleAdversaryFactory(adversary_reward, N=N, max_cycles=max_cycles, continuous_actions=continuous_actions)
-    return SimpleAdversaryVecEnv(factory, spec, num_envs, num_workers, seed, device, success_radius=success_radius)
+def make_simple_adversary(cfg: SimpleAdversaryConfig, num_envs: int, num_workers: int, seed: int, device="cpu") -> SimpleAdversaryVecEnv:
+    spec = simple_adversary_spec(cfg)
+    factory = SimpleAdversaryFactory(cfg.adversary_reward, N=cfg.N, max_cycles=cfg.max_cycles, continuous_actions=cfg.continuous_actions)
+    return SimpleAdversaryVecEnv(factory, spec, num_envs, num_workers, seed, device, success_radius=cfg.success_radius)
