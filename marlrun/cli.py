@@ -9,8 +9,28 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, OverrideParseException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from marlrun import bench, evaluation, report
+from marlrun.checkpoint import checkpoint_paths
+from marlrun.config import GROUPS, load_run_config, register_configs
+from marlrun.console import console
+from marlrun.errors import UserError
+from marlrun.metrics import read_metrics
+from marlrun.runfolder import LOCK_FILE, check_sweep_folder, hydra_quoted, in_use, lock, refusal, release, unquoted
+from marlrun.runner import train
+from marlrun.sweep import rerun_unfinished, run_job, summarize_sweep, sweep_dirs
 
 USAGE = """usage: marlrun <command> [options]
 
@@ -39,10 +59,6 @@ def fail(message: str) -> int:
 
 def _hydra_message(exc: BaseException) -> str:
     """One line from a Hydra/OmegaConf composition error and its cause."""
-    import re
-
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
     def first(e: BaseException) -> str:
         text = str(e).strip()
         if isinstance(e, OmegaConfBaseException):
@@ -54,11 +70,7 @@ def _hydra_message(exc: BaseException) -> str:
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return f"unknown config key '{unknown.group(1)}' ({first(cause)}); `marlrun train --cfg job` lists every key"
     text = first(exc)
-    from hydra.errors import OverrideParseException
-
     if isinstance(exc, OverrideParseException) and "=" in exc.override:
-        from marlrun.runfolder import hydra_quoted
-
         key, value = exc.override.split("=", 1)
         if re.search(r"[\s'\"\\]|[^\x00-\x7f]", value) and not (value[:1] in "'\"" and value[-1:] == value[:1]):
             return (f"{exc.override}: Hydra cannot read this value unquoted (spaces, quotes or non-ASCII characters); "
@@ -78,8 +90,6 @@ def _resume_args(args: list[str]) -> list[str] | str:
         return args
     if "-m" in args or "--multirun" in args:
         return "resume= continues one run; drop -m/--multirun (a sweep's jobs are resumed one by one)"
-    from marlrun.runfolder import hydra_quoted, unquoted
-
     value = unquoted(resume[-1].split("=", 1)[1])
     if not value:
         return "resume= needs a run folder: marlrun train resume=RUN_DIR"
@@ -87,13 +97,6 @@ def _resume_args(args: list[str]) -> list[str] | str:
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         return f"resume: {run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end"
-    from marlrun.checkpoint import checkpoint_paths
-    from marlrun.runfolder import in_use, lock
-
-    from marlrun.config import GROUPS, load_run_config
-    from marlrun.errors import UserError
-    from marlrun.metrics import read_metrics
-
     if not checkpoint_paths(run_dir):
         return f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead"
     try:
@@ -123,20 +126,14 @@ def _resume_args(args: list[str]) -> list[str] | str:
 
 def _remove_if_never_started(run_dir: Path, resume) -> None:
     """A new run folder that holds only what Hydra wrote before the run was refused is removed."""
-    import shutil
-
     if resume or not run_dir.is_dir():
         return
-    from marlrun.runfolder import LOCK_FILE, release
-
     release(run_dir)
     if all(p.name in (".hydra", LOCK_FILE) or (p.suffix == ".log" and p.stat().st_size == 0) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 
 def train_main(args: list[str]) -> int:
-    from marlrun.runfolder import release
-
     try:
         return _train(args)
     finally:
@@ -148,14 +145,6 @@ def _train(args: list[str]) -> int:
     if isinstance(args, str):
         return fail(args)
 
-    import hydra
-    from hydra.errors import HydraException
-    from omegaconf import DictConfig
-    from omegaconf.errors import OmegaConfBaseException
-
-    from marlrun.config import register_configs
-    from marlrun.errors import UserError
-
     register_configs()
     outcome: dict = {}
 
@@ -163,8 +152,6 @@ def _train(args: list[str]) -> int:
     if multirun and any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in args):
         return fail("--cfg and --info show one job's config; drop -m/--multirun to see it (the sweep's values are overrides)")
     if multirun and not any(a in ("--help", "-h", "--hydra-help") for a in args):
-        from marlrun.runfolder import check_sweep_folder
-
         try:
             check_sweep_folder(args)
         except UserError as exc:
@@ -175,18 +162,9 @@ def _train(args: list[str]) -> int:
 
     @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> float | None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        from marlrun.runfolder import refusal
-        from marlrun.runner import train
-        from marlrun.sweep import run_job
-
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if refused := refusal():  # the folder belongs to another run or process; Hydra wrote into a scratch one
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
             outcome["error"] = str(refused)
             return
@@ -226,9 +204,6 @@ def _train(args: list[str]) -> int:
     except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): rerun the unfinished jobs
         if not multirun:
             raise
-        from marlrun.console import console
-        from marlrun.sweep import rerun_unfinished, sweep_dirs
-
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "No trials are completed yet" in reason:  # Optuna's best_trial after a search whose every trial failed
             return _sweep_exit()
@@ -243,9 +218,6 @@ def _train(args: list[str]) -> int:
 
 def _sweep_exit() -> int:
     """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish."""
-    from marlrun.console import console
-    from marlrun.sweep import summarize_sweep, sweep_dirs
-
     failed = sum(summarize_sweep(d, console) for d in sweep_dirs if d.is_dir())
     return 1 if failed else 0
 
@@ -259,25 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         return train_main(rest)
     if command == "bench":
-        return guarded("marlrun.bench", rest)
+        return guarded(bench.main, rest)
     if command == "report":
-        return guarded("marlrun.report", rest)
+        return guarded(report.main, rest)
     if command == "eval":
-        return guarded("marlrun.evaluation", rest)
+        return guarded(evaluation.main, rest)
     return fail(f"unknown command '{command}'; commands: train, report, eval, bench (see `marlrun --help`)")
 
 
-def guarded(module: str, args: list[str]) -> int:
-    """Run ``module.main(args)``, turning user errors into one line."""
-    import importlib
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from marlrun.errors import UserError
-
+def guarded(command: Callable[[list[str]], int], args: list[str]) -> int:
+    """Run a command's ``main(args)``, turning user errors into one line."""
     try:
-        return importlib.import_module(module).main(args)
+        return command(args)
     except UserError as exc:
         return fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:

@@ -18,6 +18,7 @@ import io
 import math
 import tokenize
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -91,8 +92,6 @@ GROUPS = ("algo", "env", "hardware", "experiment")
 def config_groups() -> str:
     """``group: option, option...`` for every config group under conf/, for ``marlrun train --help`` (Hydra's own
     list would show the schema/ groups too, which are not options)."""
-    from importlib.resources import files
-
     root = files("marlrun.conf")
     lines = []
     for group in GROUPS:
@@ -103,6 +102,7 @@ def config_groups() -> str:
 
 def register_configs() -> None:
     OmegaConf.register_new_resolver("marlrun_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("marlrun_keys", key_help, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="marlrun_schema", node=RunConfig)
     # Under schema/ so that they do not show up as options of the algo/env/hardware groups.
@@ -289,3 +289,29 @@ def schema_keys(schema: type) -> list[KeyDoc]:
             kind = kind[len("Optional["):-1] + " | null"
         keys.append(KeyDoc(f.name, kind, default, docs.get(f.name, "")))
     return keys
+
+
+def key_help(algo: str, env: str) -> str:
+    """Every key of the run, the hardware, algorithm ``algo`` and environment ``env`` with its type, default and
+    meaning, for ``marlrun train --help``."""
+    sections = [("", RunConfig, "the run (marlrun/config.py)"), ("hardware.", HardwareConfig, "hardware (marlrun/hardware.py)")]
+    for group, name in (("algo", algo), ("env", env)):
+        if name in KINDS[group]:
+            schema = KINDS[group][name].config
+            sections.append((f"{group}.", schema, f"{group}={name} ({schema.__module__.replace('.', '/')}.py, {schema.__name__})"))
+    lines = []
+
+    def add(prefix: str, schema: type) -> None:
+        for k in schema_keys(schema):
+            if k.key in ("algo", "env", "hardware"):
+                continue
+            if dataclasses.is_dataclass(k.default):  # a nested group of keys (objective)
+                add(f"{prefix}{k.key}.", type(k.default))
+                continue
+            default = "null" if k.default is None else str(k.default).lower() if isinstance(k.default, bool) else k.default
+            lines.append(f"  {prefix}{k.key} ({k.type}, default {default}): {k.doc}")
+
+    for prefix, schema, title in sections:
+        lines.append(f"{title}:")
+        add(prefix, schema)
+    return "\n".join(lines).replace("$", "$$")  # Hydra fills its help template with string.Template: $ is its marker

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from marlrun.console import console
 from marlrun.errors import UserError
 from marlrun.metrics import Logger, TensorBoardLogger, write_json
 
@@ -119,8 +120,6 @@ class Tracker(Logger):
 
 
 def warn(message: str) -> None:
-    from marlrun.console import console
-
     console.print(f"[yellow]{message}")
 
 
@@ -145,7 +144,7 @@ class WandbLogger(Tracker):
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         try:
-            import wandb
+            import wandb  # optional, and slow to import: only a run that logs to W&B imports it
         except ImportError:
             raise UserError("loggers: wandb is not installed; pip install -e \".[wandb]\", or drop wandb from loggers") from None
         super().__init__(cfg, run_dir)
@@ -223,7 +222,7 @@ class MlflowLogger(Tracker):
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional, and slow to import: only a run that logs to MLflow
         except ImportError:
             raise UserError("loggers: mlflow is not installed; pip install -e \".[mlflow]\" (mlflow-skinny), or drop mlflow from loggers") from None
         super().__init__(cfg, run_dir)
@@ -260,7 +259,7 @@ class MlflowLogger(Tracker):
         self.run_id = None
 
     def start(self, resume_step: int | None) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow is optional: imported only by a run that logs to it
 
         saved = read_trackers(self.run_dir).get("mlflow") or {}
         try:
@@ -289,7 +288,7 @@ class MlflowLogger(Tracker):
             return False
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow is optional (see MlflowLogger.__init__)
 
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, step) for key, value in scalars.items()]

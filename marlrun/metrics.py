@@ -54,27 +54,38 @@ class MeanTracker:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of ``metrics.jsonl``. A last line cut short (a process that died, or a disk that filled, while
-    writing it) is left out; any other line that is not a record with an integer ``step`` is a UserError."""
+    """The records of a run folder's ``metrics.jsonl``, in file order. The one reader of that file (resume, report,
+    sweep summaries, search objectives and bench all read it here), with one policy:
+
+    - no file: no records (``[]``); a file that exists but cannot be read: a UserError;
+    - blank lines are skipped;
+    - every other line must be a JSON object with an integer ``step`` (non-finite values come back as written,
+      ``NaN`` and ``Infinity``);
+    - except the last line when no newline ends it and it is not valid JSON: a record cut short by a process that
+      died (or a disk that filled) while writing it. It is left out, silently;
+    - any other line that breaks the rule is a UserError naming the file and the line number (from 1). A line is
+      never skipped, so no reader sees a history with a hole in it; a caller that goes on without the run (``marlrun
+      report``, a sweep job's objective) turns the error into that run's problem.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); move it away to go on without the run's history") from None
-    lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # not JSON, or not UTF-8 (json.JSONDecodeError and UnicodeDecodeError)
             if number == len(lines):  # no newline after it: a record cut short
                 continue
             raise UserError(f"{path}: line {number} is not a JSON record; repair or remove that line (or move the file away)") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
             raise UserError(f"{path}: line {number} is not a metrics record (no integer 'step'); repair or remove that line")
         records.append(record)
     return records

@@ -55,10 +55,11 @@ class AgentReplay:
         obs_shape: tuple[int, ...],
         obs_dtype: torch.dtype,
         device: torch.device | str = "cpu",
-        prioritized: bool = True,
-        alpha: float = 0.6,
-        beta: float = 0.4,
-        eps: float = 1e-6,
+        *,
+        prioritized: bool,
+        alpha: float,
+        beta: float,
+        eps: float,
         generator: torch.Generator | None = None,
     ):
         if n_agents < 1 or capacity < 1:

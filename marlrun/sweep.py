@@ -8,16 +8,34 @@ the command line reads those files back and prints which jobs finished, which fa
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from marlrun.checkpoint import checkpoint_paths
+from marlrun.console import console
+from marlrun.errors import UserError
+from marlrun.hardware import available_cores
 from marlrun.metrics import SUMMARY_FILE, write_json
+from marlrun.runfolder import hydra_quoted, lock, release
+from marlrun.runner import train
+from marlrun.search import RESULTS_FILE, best_job, optuna_settings, run_objective
 
 ERROR_LOG = "error.log"
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
@@ -33,8 +51,6 @@ class SweepRecorder(Callback):
         sweeper = config.hydra.sweeper
         metric = str(config.get("objective", {}).get("metric", ""))
         if "optuna" in str(sweeper.get("_target_", "")).lower() and str(sweeper.get("direction")).endswith("minimize") and "return" in metric:
-            from marlrun.console import console
-
             console.print(f"[yellow]hydra.sweeper.direction is minimize: Optuna will look for the lowest {metric}; "
                           "hydra.sweeper.direction=maximize looks for the highest")
 
@@ -44,8 +60,6 @@ def parallel_jobs(hydra_cfg) -> int:
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
-    from marlrun.hardware import available_cores
-
     n_jobs = int(launcher.get("n_jobs") or -1)
     cores = available_cores()
     return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
@@ -68,10 +82,6 @@ NO_SUMMARY = "no summary: killed, crashed or still running"
 def grid(sweep_dir: Path) -> list[list[str]] | None:
     """Every job's overrides in job order, as Hydra's basic sweeper expands the sweep's command line (from the
     sweep's multirun.yaml); None for another sweeper, or job folders not named by job number."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return None
@@ -89,8 +99,6 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
     """Each job's number, overrides, status, final evaluation return and objective (marlrun/search.py), in job order:
     every job of the grid, with the ones that never got a folder (a launcher that stopped before them) as never
     started."""
-    from marlrun.search import run_objective
-
     jobs = []
     expected = grid(sweep_dir) or []
     for number, overrides in enumerate(expected):
@@ -134,17 +142,6 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
 
     Returns the run's objective (marlrun/search.py), the number a hyperparameter sweeper optimises; None when the job
     failed or has no finite objective, which the Optuna sweeper records as a failed trial and goes on."""
-    import gc
-
-    import torch
-
-    from marlrun.errors import UserError
-    from marlrun.runner import train
-
-    from marlrun.runfolder import lock, release
-
-    from marlrun.search import run_objective
-
     if state.get("interrupted"):  # Ctrl-C or SIGTERM stopped an earlier job of this process: start no more
         record_failure(run_dir, "the sweep was interrupted before this job started", status="skipped")
         return None
@@ -159,8 +156,6 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
             return None
         value, missing, spec = run_objective(run_dir)
         if missing and searching(hydra_cfg):
-            from marlrun.console import console
-
             console.print(f"[yellow]job {run_dir.name}: no objective ({spec['metric']}, {spec['aggregate']}): {missing}")
         return value
     except UserError as exc:
@@ -177,8 +172,6 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
 
 def searching(hydra_cfg) -> bool:
     """Whether the sweeper uses the jobs' objectives (any but Hydra's basic grid sweeper)."""
-    from omegaconf import OmegaConf
-
     target = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "")
     return bool(target) and "BasicSweeper" not in target
 
@@ -189,8 +182,6 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
     For a search (the Optuna sweeper) the table also shows each trial's objective and marks the best trial, whose
     overrides are printed below it with the sweeper's own optimization_results.yaml; a job without a finite objective
     is a failed trial (the sweeper recorded it as failed, not scored) and counts as not finished."""
-    from marlrun.search import RESULTS_FILE, best_job, optuna_settings
-
     jobs = job_outcomes(sweep_dir)
     search = optuna_settings(sweep_dir)
     if search is None:
@@ -248,22 +239,6 @@ def rerun_unfinished(sweep_dir: Path, console: Console) -> None:
     each job that has no outcome once more, as many at a time as the launcher ran, each in its own ``marlrun train`` process:
     resumed from its checkpoint when it has one, else from the start in its folder. Its output goes to the job's
     ``rerun.log``."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from marlrun.checkpoint import checkpoint_paths
-    from marlrun.runfolder import hydra_quoted
-    from marlrun.runfolder import lock, release
-
-    import os
-
-    from omegaconf import OmegaConf
-
-    from marlrun.hardware import available_cores
-
     jobs = grid(sweep_dir)
     parallel = parallel_jobs(OmegaConf.load(sweep_dir / "multirun.yaml").hydra) if jobs is not None else 1
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // parallel))}  # the cores, shared as the launcher did

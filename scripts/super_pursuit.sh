@@ -27,7 +27,7 @@ shift || true
 results=${RESULTS:-docs/results/super_pursuit}
 lanes=${LANES:-2}
 threads=${THREADS:-$(( $(nproc) / lanes > 0 ? $(nproc) / lanes : 1 ))}
-plan_groups="none all quantile gaussian stochastic parameter_sharing qmix qmix_std vdn ippo mappo" plan_seeds="0 1 2"   # the whole sweep
+plan_groups="none all quantile gaussian stochastic parameter_sharing qmix qmix_std vdn ippo mappo ippo_greedy mappo_greedy" plan_seeds="0 1 2"   # the whole sweep
 read -r -a groups <<< "${SWEEP_GROUPS:-$plan_groups}"
 read -r -a seeds <<< "${SWEEP_SEEDS:-$plan_seeds}"
 
@@ -40,6 +40,8 @@ overrides_of() {  # the group's overrides, its experiment preset first
     # PPO: its own preset (16 copies x 128 steps per update), evaluated on the paper's protocol (20 episodes every
     # 4,000 env steps; the preset's evaluation samples from the policy, see conf/experiment/ppo_pursuit.yaml)
     ippo|mappo) echo "experiment=ppo_pursuit algo=$1 eval_interval=4000 eval_episodes=20 log_interval=4096 checkpoint_interval=100000" ;;
+    # the same training (evaluation draws its own random numbers), evaluated greedily (argmax) as the DQN groups are
+    ippo_greedy|mappo_greedy) echo "experiment=ppo_pursuit algo=${1%_greedy} algo.greedy_eval=true eval_interval=4000 eval_episodes=20 log_interval=4096 checkpoint_interval=100000" ;;
     *) echo "experiment=super_pursuit algo.sharing=$1" ;;
   esac
 }

@@ -132,6 +132,19 @@ def test_hydra_features_still_work(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout
 
 
+@pytest.mark.parametrize("algo", ["ippo", "qmix"])
+def test_help_documents_every_key_of_the_chosen_algorithm(tmp_path, algo):
+    from marlrun.config import schema_keys
+    from marlrun.registry import ALGORITHMS
+
+    helped = run_cli("train", f"algo={algo}", "env=pursuit", "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    keys = helped.stdout.split("== Keys ==")[1].split("== Config ==")[0]
+    for k in schema_keys(ALGORITHMS[algo].config):  # each key with its meaning, as the schema's comment says it
+        assert f"algo.{k.key} (" in keys and k.doc in keys
+    assert "anneal_steps (int, default ${total_steps})" in keys or algo != "ippo"
+
+
 def test_multirun_makes_a_folder_per_job(tmp_path):
     result = run_cli("train", "-m", *TINY, "algo.sharing=none,all", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

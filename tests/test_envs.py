@@ -5,18 +5,19 @@ import pytest
 import torch
 from pettingzoo.sisl import pursuit_v5
 
-from marlrun.envs.pursuit import make_pursuit
-from marlrun.envs.simple_adversary import make_simple_adversary
+from marlrun.envs.pursuit import PursuitConfig, make_pursuit
+from marlrun.envs.simple_adversary import SimpleAdversaryConfig, make_simple_adversary
 from marlrun.envs.vector import copy_seed
 
 KW = dict(x_size=8, y_size=8, n_pursuers=3, n_evaders=4, obs_range=7, n_catch=2, freeze_evaders=False, surround=True,
           shared_reward=False, tag_reward=0.01, catch_reward=5.0, urgency_reward=-0.1, constraint_window=1.0, max_cycles=30)
+LIBRARY = PursuitConfig(backend="pettingzoo", **KW)  # the library's own pursuit, stepped by the adapter
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_adapter_matches_raw_library(workers):
     E, A, seed, steps = 3, KW["n_pursuers"], 7, 70  # crosses two automatic resets at max_cycles=30
-    env = make_pursuit(E, workers, seed, **KW)
+    env = make_pursuit(LIBRARY, E, workers, seed)
     raw = [pursuit_v5.parallel_env(**KW) for _ in range(E)]
     raw_obs = [r.reset(seed=copy_seed(seed, i))[0] for i, r in enumerate(raw)]
     names = raw[0].possible_agents
@@ -47,7 +48,7 @@ def test_adapter_matches_raw_library(workers):
 
 
 def test_copies_are_seeded_independently():
-    env = make_pursuit(4, 0, 0, **KW)
+    env = make_pursuit(LIBRARY, 4, 0, 0)
     try:
         obs = env.reset()
         firsts = {obs[e].numpy().tobytes() for e in range(4)}
@@ -59,7 +60,7 @@ def test_copies_are_seeded_independently():
 
 
 def test_spec():
-    env = make_pursuit(1, 0, 0, **KW)
+    env = make_pursuit(LIBRARY, 1, 0, 0)
     try:
         assert env.spec.n_agents == 3 and env.spec.n_actions == 5 and env.spec.obs_shape == (7, 7, 3)
         assert env.spec.agent_names == ("pursuer_0", "pursuer_1", "pursuer_2")
@@ -76,7 +77,7 @@ def test_simple_adversary_adapter_matches_the_library(continuous, workers):
     """Same seeds and actions: the library's own parallel_env (with its checking wrappers) gives the same numbers."""
     from mpe2 import simple_adversary_v3
     E, seed, steps = 2, 3, 60  # crosses two automatic resets
-    env = make_simple_adversary(E, workers, seed, continuous_actions=continuous, **ADV)
+    env = make_simple_adversary(SimpleAdversaryConfig(continuous_actions=continuous, **ADV), E, workers, seed)
     raw = [simple_adversary_v3.parallel_env(N=2, max_cycles=25, continuous_actions=continuous) for _ in range(E)]
     raw_obs = [r.reset(seed=copy_seed(seed, i))[0] for i, r in enumerate(raw)]
     names = raw[0].possible_agents
@@ -113,7 +114,7 @@ def test_the_squared_distance_reward_is_openais_adversary_reward(workers):
     """adversary_reward=squared_distance: the adversary gets minus its squared distance to the target, the good agents
     what mpe2 gives them, on the same trajectory as mpe2's own reward (minus the distance)."""
     E, seed = 2, 5
-    envs = {kind: make_simple_adversary(E, workers, seed, continuous_actions=False, adversary_reward=kind, **ADV)
+    envs = {kind: make_simple_adversary(SimpleAdversaryConfig(continuous_actions=False, adversary_reward=kind, **ADV), E, workers, seed)
             for kind in ("distance", "squared_distance")}
     try:
         for env in envs.values():
@@ -134,7 +135,6 @@ def test_the_squared_distance_reward_is_openais_adversary_reward(workers):
 
 
 def test_an_unknown_adversary_reward_is_a_one_line_error():
-    from marlrun.config import SimpleAdversaryConfig
     from marlrun.errors import UserError
     with pytest.raises(UserError, match="env.adversary_reward: unknown reward 'manhattan'; pick distance or squared_distance"):
         SimpleAdversaryConfig(adversary_reward="manhattan")
@@ -165,4 +165,4 @@ def test_simple_adversary_game_metrics_match_the_world_state():
         assert m["game/adversary_success"].item() == float(adv_d < 0.5)
         seen.add((good_d < 0.5, adv_d < 0.5))
     assert len(seen) >= 3  # the episodes cover several outcomes
-    assert simple_adversary_spec(2, False).teams == ("adversary", "good", "good")
+    assert simple_adversary_spec(SimpleAdversaryConfig(N=2)).teams == ("adversary", "good", "good")

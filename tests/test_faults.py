@@ -3,6 +3,7 @@ configs, paths with spaces and a killed sweep worker."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,28 @@ def test_stale_temp_files_go_and_a_record_cut_short_by_a_crash_does_not_stop_a_r
     assert [r["step"] for r in read_metrics(run)] == [100, 200, 300, 400]
     assert (run / "metrics.jsonl").read_text().endswith("\n")
     assert not stale.exists()
+
+
+def test_the_one_metrics_reader_leaves_out_only_a_last_record_cut_short(tmp_path):
+    from marlrun.errors import UserError
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics(tmp_path) == []  # no file yet: no history
+    whole = '{"step": 100, "train/loss": NaN}\n\n{"step": 200, "eval/episode_return": -Infinity}\n'
+    path.write_text(whole + '{"step": 300, "train/lo')  # a process that died mid-write
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [100, 200] and records[1]["eval/episode_return"] == float("-inf")
+    path.write_text(whole + '{"step": 300}')  # whole, only its newline missing: kept
+    assert [r["step"] for r in read_metrics(tmp_path)] == [100, 200, 300]
+    for bad, number, says in [('{"step": 100}\n{"step": 2\n{"step": 300}\n', 2, "not a JSON record"),
+                              ('{"step": 100}\n{"step": 200, "x": 1}\n{"step\n', 3, "not a JSON record"),  # cut, then a newline
+                              ('{"train/loss": 1.0}\n', 1, "no integer 'step'"),
+                              ('{"step": 1.5}\n', 1, "no integer 'step'"),
+                              ('[1, 2]\n{"step": 100}\n', 1, "no integer 'step'"),
+                              ('{"step": 100}\n\xff\xfe\n', 2, "not a JSON record")]:
+        path.write_bytes(bad.encode("latin-1"))
+        with pytest.raises(UserError, match=re.escape(f"{path}: line {number} is ") + ".*" + re.escape(says)):
+            read_metrics(tmp_path)
 
 
 def test_a_run_folder_records_the_values_that_ran_so_resume_and_eval_need_no_environment(tmp_path):

@@ -10,7 +10,8 @@ import torch
 from pettingzoo.test import parallel_api_test
 
 from marlrun.envs.base import IndexNeighbours
-from marlrun.envs.ising import IsingParallelEnv, IsingVecEnv, lattice_neighbours, make_ising
+from marlrun.envs.ising import IsingConfig, IsingParallelEnv, IsingVecEnv, lattice_neighbours, make_ising
+from marlrun.errors import UserError
 
 ALIGN = math.tanh(1.25)  # 0.8483: tanh(5 * (0.75 - 0.5))
 
@@ -74,7 +75,7 @@ def test_index_neighbours_mean_matches_loop(k):
 
 def test_all_up_and_checkerboard_2d():
     L = 6
-    env = IsingVecEnv(2, 0, L=L, neighbours=4, J=1.0, h=0.0)
+    env = IsingVecEnv(IsingConfig(L=L, neighbours=4, J=1.0, h=0.0), 2, 0)
     env.reset()
     x, y = np.divmod(np.arange(L * L), L)
     step = set_lattice(env, np.stack([np.ones(L * L), (x + y) % 2]))
@@ -87,19 +88,19 @@ def test_all_up_and_checkerboard_2d():
 
 
 def test_field_and_1d_and_eight_neighbours():
-    env = IsingVecEnv(1, 0, L=4, neighbours=4, h=0.5)
+    env = IsingVecEnv(IsingConfig(L=4, neighbours=4, h=0.5), 1, 0)
     env.reset()
     step = set_lattice(env, torch.ones(1, 16))
     assert step.reward[0].tolist() == [2.5] * 16
     assert env.state_metrics()["energy_per_spin"] == pytest.approx(-2.5)
 
-    ring = IsingVecEnv(1, 0, dims=1, L=5, neighbours=2)
+    ring = IsingVecEnv(IsingConfig(dims=1, L=5, neighbours=2), 1, 0)
     ring.reset()
     step = set_lattice(ring, torch.ones(1, 5))
     assert step.reward[0].tolist() == [1.0] * 5
     assert ring.state_metrics() == {"xi": 1.0, "energy_per_spin": -1.0}
 
-    eight = IsingVecEnv(1, 0, L=3, neighbours=8, J=0.5)
+    eight = IsingVecEnv(IsingConfig(L=3, neighbours=8, J=0.5), 1, 0)
     eight.reset()
     step = set_lattice(eight, torch.zeros(1, 9))  # all down: same bonds energy, xi 1
     assert step.reward[0].tolist() == [2.0] * 9
@@ -108,7 +109,7 @@ def test_field_and_1d_and_eight_neighbours():
 
 @pytest.mark.parametrize("dims,L,k,J,h", [(1, 7, 2, 1.0, 0.0), (2, 5, 4, 0.7, -0.3), (2, 4, 8, 1.3, 0.2), (2, 3, 8, 1.0, 0.0)])
 def test_physical_reward_and_energy_match_brute_force(dims, L, k, J, h):
-    env = IsingVecEnv(3, 4, dims=dims, L=L, neighbours=k, J=J, h=h)
+    env = IsingVecEnv(IsingConfig(dims=dims, L=L, neighbours=k, J=J, h=h), 3, 4)
     env.reset()
     up = torch.randint(0, 2, (3, L**dims), generator=torch.Generator().manual_seed(2))
     step = set_lattice(env, up)
@@ -130,7 +131,7 @@ def test_alignment_reward():
     up = torch.ones(2, L * L, dtype=torch.long)
     up[:, index[0, 2]] = 0  # site 0's neighbours: one down, three up
     up[1, 0] = 0  # in copy 1 site 0 itself is down
-    env = IsingVecEnv(2, 0, L=L, neighbours=4, reward="alignment")
+    env = IsingVecEnv(IsingConfig(L=L, neighbours=4, reward="alignment"), 2, 0)
     env.reset()
     step = set_lattice(env, up)
     assert step.reward[0, 0].item() == pytest.approx(ALIGN, abs=1e-6)
@@ -138,7 +139,7 @@ def test_alignment_reward():
     assert ALIGN == pytest.approx(0.8483, abs=1e-4)
 
     # on a random lattice: tanh(5 * (onehot(a) . neighbourhood mean one-hot - 1/2)), as the mean-field paper writes it
-    big = IsingVecEnv(2, 0, L=5, neighbours=8, reward="alignment")
+    big = IsingVecEnv(IsingConfig(L=5, neighbours=8, reward="alignment"), 2, 0)
     big.reset()
     actions = torch.randint(0, 2, (2, 25), generator=torch.Generator().manual_seed(3))
     step = big.step(actions)
@@ -151,7 +152,7 @@ def test_alignment_reward():
 
 def test_step_semantics_and_truncation():
     E, L, M = 3, 5, 4
-    env = make_ising(E, 7, seed=11, L=L, neighbours=8, max_cycles=M)  # num_workers is ignored
+    env = make_ising(IsingConfig(L=L, neighbours=8, max_cycles=M), E, 7, seed=11)  # num_workers is ignored
     assert isinstance(env, IsingVecEnv) and env.n_agents == L * L and env.num_envs == E
     spec = env.spec
     assert spec.obs_shape == (9,) and spec.n_actions == 2 and spec.agent_names[3] == "spin_3"
@@ -188,7 +189,7 @@ def test_step_semantics_and_truncation():
 
 def test_seeding():
     def run(seed, steps=5):
-        env = IsingVecEnv(4, seed, L=8, max_cycles=2)
+        env = IsingVecEnv(IsingConfig(L=8, max_cycles=2), 4, seed)
         out = [env.reset()]
         g = torch.Generator().manual_seed(0)
         for _ in range(steps):
@@ -203,22 +204,25 @@ def test_seeding():
     first = a[0]
     assert all(not torch.equal(first[0], first[e]) for e in range(1, 4))  # copies start from different lattices
     assert 0.3 < (first[..., 0] > 0).float().mean().item() < 0.7
-    env = IsingVecEnv(4, 1, L=8)
+    env = IsingVecEnv(IsingConfig(L=8), 4, 1)
     assert torch.equal(env.reset(), first) and torch.equal(env.reset(), first)  # reset() restarts the seeded episodes
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"L": 2}, {"dims": 3}, {"dims": 1, "neighbours": 4}, {"dims": 2, "neighbours": 6}, {"reward": "energy"}, {"max_cycles": 0},
+@pytest.mark.parametrize("kwargs, key", [
+    ({"L": 2}, "env.L"), ({"dims": 3}, "env.dims"), ({"dims": 1, "neighbours": 4}, "env.neighbours"),
+    ({"dims": 2, "neighbours": 6}, "env.neighbours"), ({"reward": "energy"}, "env.reward"), ({"max_cycles": 0}, "env.max_cycles"),
 ])
-def test_invalid_arguments(kwargs):
-    with pytest.raises(ValueError):
-        IsingVecEnv(1, 0, **kwargs)
+def test_invalid_arguments(kwargs, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        IsingConfig(**kwargs)
+    with pytest.raises(UserError, match=f"^{key}: "):
+        IsingParallelEnv(**kwargs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
-    cpu = IsingVecEnv(2, 0, L=6, neighbours=8, reward="alignment", max_cycles=3)
-    gpu = IsingVecEnv(2, 0, "cuda", L=6, neighbours=8, reward="alignment", max_cycles=3)
+    cpu = IsingVecEnv(IsingConfig(L=6, neighbours=8, reward="alignment", max_cycles=3), 2, 0)
+    gpu = IsingVecEnv(IsingConfig(L=6, neighbours=8, reward="alignment", max_cycles=3), 2, 0, "cuda")
     obs = gpu.reset()
     cpu.reset()
     assert obs.device.type == "cuda" and gpu.context()["neighbours"].index.device.type == "cuda"
@@ -247,7 +251,7 @@ def test_parallel_env_matches_vector_env():
     env = IsingParallelEnv(L=4, neighbours=4, h=0.25, max_cycles=3)
     assert env.observation_space("spin_0").shape == (5,) and env.action_space("spin_2").n == 2
     obs, infos = env.reset(seed=9)
-    vec = IsingVecEnv(1, 9, L=4, neighbours=4, h=0.25, max_cycles=3)
+    vec = IsingVecEnv(IsingConfig(L=4, neighbours=4, h=0.25, max_cycles=3), 1, 9)
     vec_obs = vec.reset()
     assert set(obs) == set(infos) == {f"spin_{i}" for i in range(16)}
     assert np.array_equal(np.stack([obs[f"spin_{i}"] for i in range(16)]), vec_obs[0].numpy())
@@ -285,10 +289,10 @@ def test_render():
 def test_neighbours_observation_hides_the_own_spin_only():
     """observation="neighbours" (the MF-Q paper's Ising code): the same lattice, rewards and metrics; agents see the k
     neighbour spins without their own."""
-    full = IsingVecEnv(2, 3, L=5, max_cycles=3)
-    part = IsingVecEnv(2, 3, L=5, max_cycles=3, observation="neighbours")
+    full = IsingVecEnv(IsingConfig(L=5, max_cycles=3), 2, 3)
+    part = IsingVecEnv(IsingConfig(L=5, max_cycles=3, observation="neighbours"), 2, 3)
     assert part.spec.obs_shape == (4,) and full.spec.obs_shape == (5,)
-    assert "ising_energy" in part.spec.capabilities and "ising_energy" not in IsingVecEnv(1, 0, L=4, reward="alignment").spec.capabilities
+    assert "ising_energy" in part.spec.capabilities and "ising_energy" not in IsingVecEnv(IsingConfig(L=4, reward="alignment"), 1, 0).spec.capabilities
     obs_full, obs_part = full.reset(), part.reset()
     assert torch.equal(obs_part, obs_full[..., 1:])
     g = torch.Generator().manual_seed(6)
@@ -301,8 +305,8 @@ def test_neighbours_observation_hides_the_own_spin_only():
             assert torch.equal(a.episode_info[key], b.episode_info[key])
     assert full.state_metrics() == part.state_metrics()
     assert part.context()["coupling"] == 1.0 and part.context()["field"] == 0.0
-    with pytest.raises(ValueError):
-        IsingVecEnv(1, 0, observation="own")
+    with pytest.raises(UserError, match="env.observation: unknown observation 'own'"):
+        IsingConfig(observation="own")
     env = IsingParallelEnv(L=3, observation="neighbours", render_mode="rgb_array", max_cycles=4)
     assert env.observation_space("spin_0").shape == (4,)
     parallel_api_test(env, num_cycles=5)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from marlrun.algos.maddpg import MADDPG, gumbel_softmax
-from marlrun.envs.simple_adversary import simple_adversary_spec
+from marlrun.algos.maddpg import MADDPG, MADDPGConfig, gumbel_softmax
+from marlrun.envs.simple_adversary import SimpleAdversaryConfig, make_simple_adversary, simple_adversary_spec
+from marlrun.errors import UserError
 from marlrun.nn import SetMLP
 
 SETTINGS = dict(critic="maddpg", ddpg_teams=[], actor_lr=1e-2, critic_lr=1e-2, gamma=0.95, tau=0.01, batch_size=64,
@@ -14,8 +15,8 @@ SETTINGS = dict(critic="maddpg", ddpg_teams=[], actor_lr=1e-2, critic_lr=1e-2, g
 
 def make_algo(continuous=False, **overrides):
     torch.manual_seed(0)
-    spec = simple_adversary_spec(N=2, continuous_actions=continuous)
-    return MADDPG(spec, num_envs=4, device=torch.device("cpu"), seed=0, **{**SETTINGS, **overrides})
+    spec = simple_adversary_spec(SimpleAdversaryConfig(N=2, continuous_actions=continuous))
+    return MADDPG(MADDPGConfig(**{**SETTINGS, **overrides}), spec, num_envs=4, device=torch.device("cpu"), seed=0)
 
 
 def random_batch(algo, B=64, seed=1):
@@ -262,9 +263,7 @@ def test_greedy_eval_false_evaluates_with_the_behaviour_policys_sample(continuou
 
 
 def test_gumbel_policy_moves_the_agent_by_the_soft_sample_in_mpe2():
-    from marlrun.envs.simple_adversary import make_simple_adversary
-
-    env = make_simple_adversary(1, 0, 0, continuous_actions=True, N=2, max_cycles=25, success_radius=0.16)
+    env = make_simple_adversary(SimpleAdversaryConfig(continuous_actions=True, N=2, max_cycles=25, success_radius=0.16), 1, 0, 0)
     obs = env.reset()
     action = torch.zeros(1, 3, 5)
     action[0, 0] = torch.tensor([0.1, 0.1, 0.5, 0.2, 0.1])  # a soft sample: right 0.4 net, up -0.1 net
@@ -292,8 +291,5 @@ def test_gumbel_policy_gradient_reaches_the_actor_through_the_soft_sample():
 
 
 def test_unknown_continuous_policy_is_a_clear_error():
-    from marlrun.config import MADDPGConfig
-    from marlrun.errors import UserError
-
     with pytest.raises(UserError, match="continuous_policy"):
         MADDPGConfig(continuous_policy="softmax")

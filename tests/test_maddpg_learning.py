@@ -3,8 +3,9 @@ reference so it fits in a test); the critic's loss falls, and the trained good a
 against the same trained adversary."""
 
 import torch
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from marlrun.algos.maddpg import MADDPG
 from marlrun.metrics import read_metrics
 from marlrun.runner import env_seed, evaluate, make_env, train
 
@@ -33,7 +34,7 @@ def test_maddpg_critic_loss_falls_and_good_agents_beat_random(compose_cfg, tmp_p
     checkpoint = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=True)
     env = make_env(cfg, EPISODES, env_seed(cfg.seed, 1), torch.device("cpu"))  # the evaluation episodes' own seeds
     try:
-        algo = instantiate(cfg.algo, _partial_=True, _convert_="all")(spec=env.spec, num_envs=EPISODES, device=torch.device("cpu"), seed=0)
+        algo = MADDPG(OmegaConf.to_object(cfg.algo), env.spec, EPISODES, torch.device("cpu"), 0)
         algo.load_state_dict(checkpoint["algo"])
         trained = evaluate(algo, env, 0)
         random_good = evaluate(RandomGoodAgents(algo, env.spec.team_members("good")), env, 0)

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import SMALL_PURSUIT
-from marlrun.algos.base import check_compatible
-from marlrun.algos.mcmc import MCMC, colour_classes
+from marlrun.algos.mcmc import MCMC, MCMCConfig, colour_classes
 from marlrun.checkpoint import checkpoint_paths, load_checkpoint
 from marlrun.config import validate
 from marlrun.envs.base import EnvSpec
-from marlrun.envs.ising import IsingVecEnv, ising_spec, lattice_neighbours
+from marlrun.envs.ising import IsingConfig, IsingVecEnv, ising_spec, lattice_neighbours
 from marlrun.errors import UserError
 from marlrun.metrics import read_metrics
+from marlrun.registry import check_compatible
 from marlrun.runner import train
 
 TAU_C = 1 / math.log(1 + math.sqrt(2))  # Onsager's T_c = 2.269 J/k at T = 2 tau
@@ -55,8 +55,8 @@ def exact(dims, L, k, T, J=1.0, h=0.0):
 
 def sample(dims, L, k, tau, J=1.0, h=0.0, lattices=512, steps=300, burn_in=50, **algo):
     """Means over independent lattices of each lattice's time average of |m|, m and E/N, with their standard errors."""
-    env = IsingVecEnv(lattices, 3, dims=dims, L=L, neighbours=k, J=J, h=h, max_cycles=10**6)
-    mcmc = MCMC(env.spec, lattices, torch.device("cpu"), 7, temperature=tau, **algo)
+    env = IsingVecEnv(IsingConfig(dims=dims, L=L, neighbours=k, J=J, h=h, max_cycles=10**6), lattices, 3)
+    mcmc = MCMC(MCMCConfig(temperature=tau, **algo), env.spec, lattices, torch.device("cpu"), 7)
     i, j = torch.tensor(bonds(dims, L, k)).T
     obs = env.reset()
     totals = torch.zeros(3, lattices, dtype=torch.float64)
@@ -125,13 +125,13 @@ def test_colour_classes_partition_the_lattice_without_neighbours(dims, L, k, cla
 def test_the_sweep_uses_updated_neighbours_and_is_seeded():
     """At a tiny temperature every spin follows its neighbours' current spins: one sweep of a random 6x6 lattice
     lowers the energy (the second sublattice reads the first one's new spins), and the same seed gives the same sweep."""
-    env = IsingVecEnv(8, 0, L=6, max_cycles=100)
+    env = IsingVecEnv(IsingConfig(L=6, max_cycles=100), 8, 0)
     env.reset()
     context = env.context()
-    a = MCMC(env.spec, 8, torch.device("cpu"), 1, temperature=1e-3).act(None, 0, context=context)
-    b = MCMC(env.spec, 8, torch.device("cpu"), 1, temperature=1e-3).act(None, 0, context=context)
-    c = MCMC(env.spec, 8, torch.device("cpu"), 2, temperature=2.0).act(None, 0, context=context)
-    d = MCMC(env.spec, 8, torch.device("cpu"), 3, temperature=2.0).act(None, 0, context=context)
+    a = MCMC(MCMCConfig(temperature=1e-3), env.spec, 8, torch.device("cpu"), 1).act(None, 0, context=context)
+    b = MCMC(MCMCConfig(temperature=1e-3), env.spec, 8, torch.device("cpu"), 1).act(None, 0, context=context)
+    c = MCMC(MCMCConfig(temperature=2.0), env.spec, 8, torch.device("cpu"), 2).act(None, 0, context=context)
+    d = MCMC(MCMCConfig(temperature=2.0), env.spec, 8, torch.device("cpu"), 3).act(None, 0, context=context)
     assert torch.equal(a, b) and not torch.equal(c, d)
     env.step(a)
     energy = env.state_metrics()["energy_per_spin"]
@@ -148,13 +148,13 @@ def test_the_sweep_uses_updated_neighbours_and_is_seeded():
 def test_mcmc_refuses_other_environments_in_one_line(compose_cfg, tmp_path):
     other = EnvSpec(name="pursuit", agent_names=("a", "b"), obs_shape=(3,), n_actions=5, teams=("x", "x"))
     with pytest.raises(UserError) as info:
-        check_compatible(MCMC, other)
+        check_compatible("mcmc", other)
     message = str(info.value)
     assert message.startswith("algo=mcmc needs an Ising lattice energy") and "env=pursuit" in message and "\n" not in message
     with pytest.raises(UserError, match="env.reward=physical"):
-        check_compatible(MCMC, ising_spec(L=4, reward="alignment"))
-    check_compatible(MCMC, ising_spec(L=4))
-    check_compatible(MCMC, ising_spec(L=4, observation="neighbours"))
+        check_compatible("mcmc", ising_spec(IsingConfig(L=4, reward="alignment")))
+    check_compatible("mcmc", ising_spec(IsingConfig(L=4)))
+    check_compatible("mcmc", ising_spec(IsingConfig(L=4, observation="neighbours")))
     with pytest.raises(UserError, match="algo=mcmc needs"):  # the runner refuses before training
         train(compose_cfg(["algo=mcmc", *SMALL_PURSUIT, "hardware.torch_threads=1", "total_steps=10"]), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -183,9 +183,9 @@ RUN = ["experiment=mcmc_ising", "env.L=6", "env.max_cycles=50", "hardware=cpu", 
 def test_mcmc_runs_logs_like_mfq_and_resumes_exactly(compose_cfg, tmp_path):
     full = train(compose_cfg([*RUN, "total_steps=100"]), tmp_path / "full")
     records = read_metrics(tmp_path / "full")
-    assert {"env/xi", "env/energy_per_spin", "temperature"} <= set(records[-1])
+    assert {"env/xi", "env/energy_per_spin", "train/temperature"} <= set(records[-1])
     assert {"eval/game/xi", "eval/game/energy_per_spin"} <= set(full["evaluations"][-1])
-    assert not any(key.startswith(("spin/", "loss")) for key in records[-1])  # nothing learns
+    assert not any(key.startswith(("train/spin/", "train/loss")) for key in records[-1])  # nothing learns
 
     train(compose_cfg([*RUN, "total_steps=50"]), tmp_path / "split")
     resumed = train(compose_cfg([*RUN, "total_steps=100", f"resume={tmp_path / 'split'}"]), tmp_path / "split")
@@ -201,13 +201,13 @@ def test_mcmc_runs_logs_like_mfq_and_resumes_exactly(compose_cfg, tmp_path):
 
 
 def test_state_dict_round_trip_continues_the_same_chain():
-    env = IsingVecEnv(4, 0, L=4, max_cycles=1000)
+    env = IsingVecEnv(IsingConfig(L=4, max_cycles=1000), 4, 0)
     env.reset()
-    a = MCMC(env.spec, 4, torch.device("cpu"), 5, temperature=1.2)
+    a = MCMC(MCMCConfig(temperature=1.2), env.spec, 4, torch.device("cpu"), 5)
     for t in range(5):
         env.step(a.act(None, t, context=env.context()))
     saved, context = a.state_dict(), env.context()
-    b = MCMC(env.spec, 4, torch.device("cpu"), 99, temperature=1.2)
+    b = MCMC(MCMCConfig(temperature=1.2), env.spec, 4, torch.device("cpu"), 99)
     b.load_state_dict(saved)
     assert a.update(5) == {} and a.observe(None, None, None) == {}
     assert all(torch.equal(a.act(None, 5 + t, context=context), b.act(None, 5 + t, context=context)) for t in range(3))

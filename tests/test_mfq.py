@@ -5,9 +5,9 @@ import pytest
 import torch
 from magent2.environments import battle_v4
 
-from marlrun.algos.mfq import MFQ, boltzmann, greedy
+from marlrun.algos.mfq import MFQ, MFQConfig, boltzmann, greedy
 from marlrun.envs.base import EnvSpec, IndexNeighbours, MaskNeighbours, VecStep
-from marlrun.envs.battle import BattleVecEnv, neighbour_mask
+from marlrun.envs.battle import BattleConfig, BattleVecEnv, neighbour_mask
 from marlrun.envs.vector import copy_seed
 
 BATTLE = dict(map_size=16, max_cycles=50, view_radius=6, minimap_mode=False, extra_features=False, step_reward=-0.005,
@@ -62,7 +62,7 @@ def test_index_neighbours_skip_missing_actions():
 def test_battle_adapter_matches_the_library():
     """Same seeds and actions: observations, rewards, deaths and positions equal battle_v4's own."""
     E, seed = 2, 5
-    env = BattleVecEnv(E, seed, **BATTLE)
+    env = BattleVecEnv(BattleConfig(**BATTLE), E, seed)
     kwargs = {k: v for k, v in BATTLE.items() if k != "view_radius"}
     raw = [battle_v4.parallel_env(**kwargs) for _ in range(E)]
     raw_obs = [r.reset(seed=copy_seed(seed, e))[0] for e, r in enumerate(raw)]
@@ -106,8 +106,8 @@ def test_battle_adapter_matches_the_library():
 def test_dead_agents_store_nothing_and_leave_the_mean_fields():
     spec = EnvSpec(name="toy", agent_names=("a", "b", "c", "d"), obs_shape=(3,), n_actions=2, teams=("x", "x", "y", "y"),
                    capabilities=frozenset({"neighbours"}))
-    algo = MFQ(spec, 1, torch.device("cpu"), 0, controller="mfq", opponent="mfq", rounds=0, temperature=1.0, temperature_end=None,
-               temperature_decay_steps=0, greedy_eval=True, **SMALL_NET)
+    algo = MFQ(MFQConfig(controller="mfq", opponent="mfq", rounds=0, temperature=1.0, temperature_end=None,
+               temperature_decay_steps=0, greedy_eval=True, **SMALL_NET), spec, 1, torch.device("cpu"), 0)
     alive = torch.tensor([[True, False, True, True]])
     mask = torch.ones(1, 4, 4, dtype=torch.bool) & ~torch.eye(4, dtype=torch.bool) & alive[:, :, None] & alive[:, None, :]
     context = {"neighbours": MaskNeighbours(mask), "prev_actions": torch.tensor([[1, 0, 0, 1]]).masked_fill(~alive, -1), "alive": alive}
@@ -128,8 +128,8 @@ def test_mean_field_of_the_first_step_uses_previous_actions_and_rounds_refine_it
     index = torch.tensor([[1, 2], [0, 2], [0, 1]])
     context = {"neighbours": IndexNeighbours(index), "prev_actions": torch.tensor([[0, 0, 0]])}
     for rounds, expected in [(0, [1.0, 0.0]), (1, [0.0, 1.0])]:
-        algo = MFQ(spec, 1, torch.device("cpu"), 0, controller="mfq", opponent="mfq", rounds=rounds, temperature=1e-3, temperature_end=None,
-                   temperature_decay_steps=0, greedy_eval=True, **SMALL_NET)
+        algo = MFQ(MFQConfig(controller="mfq", opponent="mfq", rounds=rounds, temperature=1e-3, temperature_end=None,
+                   temperature_decay_steps=0, greedy_eval=True, **SMALL_NET), spec, 1, torch.device("cpu"), 0)
         head = algo.teams[0].net.head[-1]
         with torch.no_grad():  # a network that always prefers action 1
             head.weight.zero_()
@@ -153,8 +153,8 @@ def test_boltzmann_samples_the_softmax(q):
 
 def test_double_dqn_target_and_iql_ignores_the_mean_action():
     spec = EnvSpec(name="toy", agent_names=("a", "b"), obs_shape=(3,), n_actions=4, teams=("x", "y"), capabilities=frozenset({"neighbours"}))
-    algo = MFQ(spec, 1, torch.device("cpu"), 0, controller="mfq", opponent="iql", rounds=0, temperature=1.0, temperature_end=None,
-               temperature_decay_steps=0, greedy_eval=True, **SMALL_NET)
+    algo = MFQ(MFQConfig(controller="mfq", opponent="iql", rounds=0, temperature=1.0, temperature_end=None,
+               temperature_decay_steps=0, greedy_eval=True, **SMALL_NET), spec, 1, torch.device("cpu"), 0)
     mfq, iql = algo.teams
     B = 16
     batch = {"obs": torch.randn(B, 3), "mean_action": torch.softmax(torch.randn(B, 4), -1), "action": torch.randint(0, 4, (B,)),

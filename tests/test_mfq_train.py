@@ -25,7 +25,7 @@ def test_mfq_orders_a_cold_lattice_and_not_a_hot_one(compose_cfg, tmp_path):
     assert cold["evaluations"][-1]["eval/game/energy_per_spin"] < -1.6
     assert xi["hot"] < 0.5 and xi["untrained"] < 0.5, xi
     records = read_metrics(tmp_path / "cold")
-    assert {"env/xi", "env/energy_per_spin", "spin/loss", "temperature"} <= set(records[-1])
+    assert {"env/xi", "env/energy_per_spin", "train/spin/loss", "train/temperature"} <= set(records[-1])
     assert not any(key.startswith("eval/episode_return/") for key in cold["evaluations"][-1])  # 64 agents: no per-agent returns
 
 
@@ -44,7 +44,7 @@ def test_battle_runs_against_every_opponent_and_reports_the_game(compose_cfg, tm
     assert ("replay" in teams["blue"]) == (opponent != "random")
     assert teams["red"]["replay"]["size"] > 0
     records = read_metrics(tmp_path)
-    assert "red/loss" in records[-1] and (("blue/loss" in records[-1]) == (opponent != "random"))
+    assert "train/red/loss" in records[-1] and (("train/blue/loss" in records[-1]) == (opponent != "random"))
 
 
 def test_battle_against_a_frozen_run_and_resume(compose_cfg, tmp_path):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
 from conftest import SMALL_PURSUIT
@@ -25,7 +26,7 @@ def build(compose_cfg, *overrides, num_envs=2):
     base = OTHER_ENV if any(o.startswith("env=") for o in overrides) else PPO_SMALL
     cfg = validate(compose_cfg([*base, *overrides]))
     env = make_env(cfg, num_envs, 0, CPU)
-    algo = PPO(env.spec, num_envs, CPU, 0, **{k: v for k, v in cfg.algo.items() if k != "_target_"})
+    algo = PPO(OmegaConf.to_object(cfg.algo), env.spec, num_envs, CPU, 0)
     env.provide_state = algo.uses_state  # as the runner does
     return cfg, env, algo
 
@@ -199,7 +200,7 @@ def test_battle_masks_the_dead_and_uses_the_map_as_state(compose_cfg):
                        "algo.rollout_steps=20", "hardware=cpu", "hardware.num_envs=1", "progress=false", "print_config=false"])
     cfg = validate(cfg)
     env = make_env(cfg, 1, 0, CPU)
-    algo = PPO(env.spec, 1, CPU, 0, **{k: v for k, v in cfg.algo.items() if k != "_target_"})
+    algo = PPO(OmegaConf.to_object(cfg.algo), env.spec, 1, CPU, 0)
     env.provide_state = algo.uses_state
     assert algo.uses_state and algo.critics[0].state.shape[1] == math.prod(env.spec.state_shape)
     died = False
@@ -210,7 +211,7 @@ def test_battle_masks_the_dead_and_uses_the_map_as_state(compose_cfg):
         actions = algo.act(obs, t, context=context)
         step = env.step(actions)
         assert step.next_state is not None
-        if len(algo.rollout) == algo.rollout_steps - 1:
+        if len(algo.rollout) == algo.cfg.rollout_steps - 1:
             died |= bool((~step.alive).any())
         algo.observe(obs, actions, step, context)
         metrics = algo.update(t + 1)

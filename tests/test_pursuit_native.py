@@ -1,15 +1,17 @@
 """The native torch pursuit against PettingZoo's pursuit_v5, stepped in lockstep from the same states."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from pettingzoo.sisl import pursuit_v5
+from pettingzoo.sisl.pursuit.pursuit_base import Pursuit
 from pettingzoo.sisl.pursuit.utils import two_d_maps
 
 from marlrun.envs.base import VecStep
-from marlrun.envs.pursuit_native import (
-    MOVES, PursuitNative, PursuitNativeVecEnv, make_pursuit_native, numpy_sum, pettingzoo_state, rectangle_map,
-)
+from marlrun.envs.pursuit import PursuitConfig, make_pursuit
+from marlrun.envs.pursuit_native import MOVES, PursuitNative, PursuitNativeVecEnv, numpy_sum, pettingzoo_state, rectangle_map
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -309,7 +311,8 @@ VEC = dict(BASE, x_size=9, y_size=7, n_pursuers=4, n_evaders=3, obs_range=5, sur
 
 
 def test_vec_env_shapes_and_spec():
-    env = make_pursuit_native(6, 3, seed=0, name="chase", **VEC)
+    env = make_pursuit(PursuitConfig(name="chase", **VEC), 6, 3, seed=0)  # the native backend (num_workers is ignored)
+    assert isinstance(env, PursuitNativeVecEnv) and env.worker_processes == 0
     assert env.num_envs == 6 and env.n_agents == 4 and env.device == torch.device("cpu")
     assert env.spec.name == "chase" and env.spec.obs_shape == (5, 5, 3) and env.spec.n_actions == 5
     obs = env.reset()
@@ -329,13 +332,17 @@ def test_vec_env_shapes_and_spec():
     assert env.context()["state"].shape == step.next_state.shape == (6, *env.spec.state_shape)
     env.close()
     with pytest.raises(TypeError):
-        make_pursuit_native(2, 0, seed=0, render_mode="human")
-    assert make_pursuit_native(2, 0, seed=0).spec.obs_shape == (7, 7, 3)  # the library's defaults
+        PursuitConfig(render_mode="human")
+    assert make_pursuit(PursuitConfig(), 2, 0, seed=0).spec.obs_shape == (7, 7, 3)  # the library's defaults
+    # every default is the library's, except shared_reward (the SUPER paper's false; the library's true)
+    library = {k: p.default for k, p in inspect.signature(Pursuit.__init__).parameters.items() if p.default is not p.empty}
+    ours = PursuitConfig().library_kwargs()
+    assert {k: library[k] for k in ours} == {**ours, "shared_reward": True} and ours["shared_reward"] is False
 
 
 def test_vec_env_resets_automatically_and_reports_the_final_observation():
     E = 64
-    env = PursuitNativeVecEnv(E, seed=4, **VEC)
+    env = PursuitNativeVecEnv(PursuitConfig(**VEC), E, seed=4)
     env.reset()
     rng = torch.Generator().manual_seed(0)
     ended_by = {"terminated": 0, "truncated": 0}
@@ -362,7 +369,7 @@ def test_vec_env_resets_automatically_and_reports_the_final_observation():
 
 
 def run_vec(seed, steps=30, E=8):
-    env = PursuitNativeVecEnv(E, seed=seed, **VEC)
+    env = PursuitNativeVecEnv(PursuitConfig(**VEC), E, seed=seed)
     out = [env.reset()]
     rng = torch.Generator().manual_seed(1)
     for _ in range(steps):

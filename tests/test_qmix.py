@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import SMALL_PURSUIT
 from test_learning import EPISODES, random_return
@@ -20,7 +21,7 @@ def build(compose_cfg, *overrides, num_envs=2):
     cfg = compose_cfg([*QMIX_SMALL, *overrides])
     env = make_env(cfg, num_envs, 0, torch.device("cpu"))
     env.provide_state = True  # as the runner sets it for QMIX
-    algo = QMIX(env.spec, num_envs, torch.device("cpu"), 0, **{k: v for k, v in cfg.algo.items() if k != "_target_"})
+    algo = QMIX(OmegaConf.to_object(cfg.algo), env.spec, num_envs, torch.device("cpu"), 0)
     return cfg, env, algo
 
 
@@ -109,7 +110,7 @@ def test_target_is_double_q_through_the_target_agents_and_mixer(compose_cfg):
         q = algo.agent_q(algo.agents, batch["obs"]).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
         best = algo.agent_q(algo.agents, batch["next_obs"]).argmax(-1, keepdim=True)  # the online agents choose
         q_next = algo.agent_q(algo.target_agents, batch["next_obs"]).gather(-1, best).squeeze(-1)  # the target ones evaluate
-        expected = batch["reward"] + algo.gamma * (1 - batch["terminated"]) * algo.target_mixer(q_next, s2) - algo.mixer(q, s)
+        expected = batch["reward"] + algo.cfg.gamma * (1 - batch["terminated"]) * algo.target_mixer(q_next, s2) - algo.mixer(q, s)
         assert torch.allclose(td, expected, atol=1e-5)
         algo.sync_targets()
         assert not torch.allclose(algo.td_error(batch)[0], td, atol=1e-4)

@@ -1,7 +1,10 @@
-"""Frames of every environment kind and the animations written from them."""
+"""Frames of every environment kind (each draws itself: ``env.frame(index)``) and the animations written from them."""
 
+import ast
 import io
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +13,11 @@ from PIL import Image
 
 from marlrun import render
 from marlrun.envs.base import EnvSpec, VecEnv
-from marlrun.envs.battle import make_battle
-from marlrun.envs.ising import IsingVecEnv
-from marlrun.envs.pursuit import make_pursuit
-from marlrun.envs.pursuit_native import PursuitNativeVecEnv, pettingzoo_state
-from marlrun.envs.simple_adversary import make_simple_adversary
+from marlrun.envs.battle import BattleConfig, battle_cell, make_battle
+from marlrun.envs.ising import RING_HEIGHT, IsingConfig, IsingVecEnv, ising_cell
+from marlrun.envs.pursuit import PursuitConfig, make_pursuit
+from marlrun.envs.pursuit_native import PURSUIT_CELL, PursuitNativeVecEnv, pettingzoo_state
+from marlrun.envs.simple_adversary import MPE_SIZE, MPE_VIEW, SimpleAdversaryConfig, make_simple_adversary
 from marlrun.errors import UserError
 from marlrun.runner import make_env
 
@@ -51,10 +54,10 @@ def test_frames_of_every_env_keep_their_size_and_follow_the_state(compose_cfg, o
     gen = torch.Generator().manual_seed(0)
     try:
         env.reset()
-        frames = [render.frame(env)]
+        frames = [env.frame()]
         for _ in range(4):
             env.step(random_actions(env, gen))
-            frames.append(render.frame(env, 0))
+            frames.append(env.frame(0))
     finally:
         env.close()
     assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames)
@@ -69,48 +72,64 @@ def test_unknown_env_and_bad_index():
         num_envs = 1
 
     with pytest.raises(UserError, match="cannot draw Other"):
-        render.frame(Other())
-    env = IsingVecEnv(2, 0, L=4)
+        Other().frame()
+    with pytest.raises(IndexError):
+        Other().frame(1)
+    env = IsingVecEnv(IsingConfig(L=4), 2, 0)
     env.reset()
     with pytest.raises(IndexError):
-        render.frame(env, 2)
+        env.frame(2)
+    with pytest.raises(IndexError):
+        env.frame(-1)
+
+
+def test_render_names_no_environment_and_reads_no_private_attribute():
+    """The environments draw themselves: marlrun.render holds only shared helpers, imports no environment and reads
+    no library's private attributes."""
+    source = Path(render.__file__).read_text()
+    private = [node.attr for node in ast.walk(ast.parse(source))
+               if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert private == []
+    loaded = subprocess.run([sys.executable, "-c", "import sys, marlrun.render; print(sorted(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "marlrun.envs" not in loaded and "marlrun.render" in loaded
 
 
 # ---------------------------------------------------------------------------- ising
 def test_ising_2d_blocks_are_the_spins():
-    env = IsingVecEnv(2, 0, dims=2, L=5)
+    env = IsingVecEnv(IsingConfig(dims=2, L=5), 2, 0)
     env.reset()
-    cell = render.ising_cell(2, 5)
+    cell = ising_cell(2, 5)
     for e in range(2):
-        f = render.frame(env, e)
+        f = env.frame(e)
         assert f.shape == (5 * cell, 5 * cell, 3)
         up = env.spins()[e].numpy().reshape(5, 5) > 0  # site x * L + y: row x, column y
         for dy in (0, cell - 1):
             np.testing.assert_array_equal(f[dy::cell, dy::cell], np.where(up[..., None], 255, 0).repeat(3, -1))
-    before = render.frame(env, 0)
+    before = env.frame(0)
     flip = (env.spins() < 0).long()  # every spin turns over
     env.step(flip)
-    np.testing.assert_array_equal(render.frame(env, 0), 255 - before)
+    np.testing.assert_array_equal(env.frame(0), 255 - before)
 
 
 def test_ising_ring_is_one_tall_row():
-    env = IsingVecEnv(1, 3, dims=1, L=40, neighbours=2)
+    env = IsingVecEnv(IsingConfig(dims=1, L=40, neighbours=2), 1, 3)
     env.reset()
-    f = render.frame(env)
-    cell = render.ising_cell(1, 40)
-    assert f.shape == (max(cell, render.RING_HEIGHT), 40 * cell, 3) and f.shape[0] >= 32
+    f = env.frame()
+    cell = ising_cell(1, 40)
+    assert f.shape == (max(cell, RING_HEIGHT), 40 * cell, 3) and f.shape[0] >= 32
     assert (f == f[:1]).all()  # every pixel row is the same
     np.testing.assert_array_equal(f[0, ::cell, 0], np.where(env.spins()[0].numpy() > 0, 255, 0))
 
 
 # ---------------------------------------------------------------------------- pursuit
 def test_native_pursuit_shows_walls_pursuers_evaders_and_views():
-    env = PursuitNativeVecEnv(1, 0, **PURSUIT)
-    c = render.PURSUIT_CELL
+    env = PursuitNativeVecEnv(PursuitConfig(**PURSUIT), 1, 0)
+    c = PURSUIT_CELL
     assert env.sim.building[5, 4] and not env.sim.building[2, 2]  # the obstacle covers x 4..6, y 2..6
     pursuers, evaders = [[0, 0], [0, 0], [9, 7]], [[1, 0], [9, 7], [3, 7], [8, 1]]
     env.sim.set_state([pursuers], [evaders], [[True, True, True, False]], [0])
-    f = render.frame(env)
+    f = env.frame()
     assert f.shape == (8 * c, 10 * c, 3) and f.dtype == np.uint8
     assert cells_with(f, c, render.RED, 2, 2) == {(0, 0), (9, 7)}  # two share a cell
     assert cells_with(f, c, render.BLUE, c // 2, c // 2) == {(1, 0), (9, 7), (3, 7)}  # the caught one is gone
@@ -121,61 +140,64 @@ def test_native_pursuit_shows_walls_pursuers_evaders_and_views():
     assert (f[6 * c + c // 2, 0 * c + c // 2] == render.FLOOR).all()  # (0, 6): seen by nobody
 
     env.sim.set_state([pursuers], [evaders], [[False, True, True, False]], [0])  # one more evader caught
-    f2 = render.frame(env)
+    f2 = env.frame()
     assert cells_with(f2, c, render.BLUE, c // 2, c // 2) == {(9, 7), (3, 7)}
     assert (f2[c // 2, c + c // 2] == tint).all()
 
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         env.step(random_actions(env, gen))
-        f = render.frame(env)
+        f = env.frame()
         state = env.sim.get_state()
         cells = {tuple(p) for p in state["pursuer_pos"][0].tolist()}
         assert f.shape == (8 * c, 10 * c, 3) and cells_with(f, c, render.RED, 2, 2) == cells
 
 
 def test_pettingzoo_pursuit_is_drawn_like_the_native_one():
-    env = make_pursuit(1, 0, 5, **PURSUIT)  # backend pettingzoo
-    native = PursuitNativeVecEnv(1, 0, **PURSUIT)
+    env = make_pursuit(PursuitConfig(backend="pettingzoo", **PURSUIT), 1, 0, 5)
+    native = PursuitNativeVecEnv(PursuitConfig(**PURSUIT), 1, 0)
     gen = torch.Generator().manual_seed(2)
     try:
         env.reset()
         for _ in range(3):
             env.step(random_actions(env, gen))
-        state = pettingzoo_state(env._vec.vec_envs[0].par_env)
+        state = pettingzoo_state(env.unwrapped_copy(0))
         native.sim.set_state(state["pursuer_pos"][None], state["evader_pos"][None], state["evader_active"][None], [state["frames"]])
-        np.testing.assert_array_equal(render.frame(env), render.frame(native))
+        np.testing.assert_array_equal(env.frame(), native.frame())
+        with pytest.raises(IndexError):
+            env.frame(1)
     finally:
         env.close()
 
 
 def test_pettingzoo_copies_in_workers_cannot_be_drawn():
-    env = make_pursuit(1, 1, 0, **PURSUIT)
+    env = make_pursuit(PursuitConfig(backend="pettingzoo", **PURSUIT), 1, 1, 0)
     try:
         env.reset()
+        assert env.worker_processes == 1
         with pytest.raises(UserError, match="env_workers=0"):
-            render.frame(env)
+            env.frame()
     finally:
         env.close()
 
 
 # ---------------------------------------------------------------------------- simple_adversary
 def test_simple_adversary_discs_at_the_projected_positions():
-    env = make_simple_adversary(1, 0, 0, N=2, max_cycles=25, continuous_actions=False, success_radius=0.16)
+    env = make_simple_adversary(SimpleAdversaryConfig(N=2, max_cycles=25, continuous_actions=False, success_radius=0.16), 1, 0, 0)
     try:
         env.reset()
-        world = env._vec.vec_envs[0].par_env.unwrapped.world
+        world = env.unwrapped_copy(0).world
         places = {world.agents[0]: (1.0, 1.0), world.agents[1]: (-1.0, -1.0), world.agents[2]: (1.0, -1.0),
                   world.landmarks[0]: (-1.0, 1.0), world.landmarks[1]: (0.0, 0.0)}
         for entity, pos in places.items():
             entity.state.p_pos = np.array(pos)
         goal = world.agents[0].goal_a
-        f = render.frame(env)
-        assert f.shape == (render.MPE_SIZE, render.MPE_SIZE, 3)
+        f = env.frame()
+        assert f.shape == (MPE_SIZE, MPE_SIZE, 3)
 
         def at(pos):  # [-1.5, 1.5]^2, y up
-            scale = render.MPE_SIZE / (2 * render.MPE_VIEW)
-            return f[int((render.MPE_VIEW - pos[1]) * scale), int((pos[0] + render.MPE_VIEW) * scale)]
+            scale = MPE_SIZE / (2 * MPE_VIEW)
+            return f[int((MPE_VIEW - pos[1]) * scale), int((pos[0] + MPE_VIEW) * scale)]
 
         expected = [render.RED, render.BLUE, render.BLUE] + [render.GREEN if lm is goal else render.GREY for lm in world.landmarks]
         for (entity, pos), colour in zip(places.items(), expected):
@@ -183,13 +205,13 @@ def test_simple_adversary_discs_at_the_projected_positions():
         assert (at((1.0, 1.3)) == render.WHITE).all()  # 0.3 away from the adversary (radius 0.15)
         assert (at((1.0, 0.5)) == render.WHITE).all()  # y points up: below it is empty
         area = (f == render.RED).all(-1).sum()
-        radius = world.agents[0].size * render.MPE_SIZE / (2 * render.MPE_VIEW)
+        radius = world.agents[0].size * MPE_SIZE / (2 * MPE_VIEW)
         assert abs(area - np.pi * radius**2) < 0.05 * np.pi * radius**2
 
         gen = torch.Generator().manual_seed(3)
         for _ in range(3):  # from rest an agent moves under a pixel in one step
             env.step(random_actions(env, gen))
-        moved = render.frame(env)
+        moved = env.frame()
         assert moved.shape == f.shape and not np.array_equal(moved, f)
         assert (moved == render.RED).all(-1).sum() > 0.5 * area  # the adversary is still in view
     finally:
@@ -198,13 +220,13 @@ def test_simple_adversary_discs_at_the_projected_positions():
 
 # ---------------------------------------------------------------------------- battle
 def test_battle_shows_walls_and_living_agents_by_team():
-    env = make_battle(1, 0, 0, **BATTLE)
-    c = render.battle_cell(12)
+    env = make_battle(BattleConfig(**BATTLE), 1, 0, 0)
+    c = battle_cell(12)
     gen = torch.Generator().manual_seed(4)
     try:
         env.reset()
         for t in range(4):
-            f = render.frame(env)
+            f = env.frame()
             assert f.shape == (12 * c, 12 * c, 3)
             assert (f[c // 2, c // 2] == render.WALL).all() and (f[-1, -1] == render.WALL).all()  # the border
             for team, colour in enumerate((render.RED, render.BLUE)):
@@ -214,7 +236,7 @@ def test_battle_shows_walls_and_living_agents_by_team():
         red = np.flatnonzero(env.alive[0] & (env.team_index == 0))[0]
         x, y = env.positions[0, red]
         env.alive[0, red] = False  # as the adapter marks a dead agent
-        assert (render.frame(env)[y * c + c // 2, x * c + c // 2] == render.FLOOR).all()
+        assert (env.frame()[y * c + c // 2, x * c + c // 2] == render.FLOOR).all()
     finally:
         env.close()
 
@@ -269,3 +291,6 @@ def test_animation_reads_back_from_tensorboard(tmp_path):
         with Image.open(io.BytesIO(images[0].encoded_image_string)) as im:
             assert im.format == "GIF" and im.n_frames == n
     writer.close()
+    render.add_animation_to_tensorboard(writer, "eval/later", colour_frames(4, 6, 8), step=11)  # a closed writer's folder
+    images = EventAccumulator(str(tmp_path / "b")).Reload().Images("eval/later")
+    assert [(i.width, i.height, i.step) for i in images] == [(8, 6, 11)]

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from marlrun.algos.super_ddqn import SuperDDQNConfig
 from marlrun.replay import AgentReplay
+
+
+def per_replay(*args, **kwargs) -> AgentReplay:
+    """An AgentReplay with SUPER-DDQN's prioritized-replay settings unless the test gives its own."""
+    cfg = SuperDDQNConfig()
+    per = dict(prioritized=cfg.prioritized, alpha=cfg.per_alpha, beta=cfg.per_beta, eps=cfg.per_eps)
+    return AgentReplay(*args, **{**per, **kwargs})
 
 
 def make_rows(ids, agent):
@@ -57,7 +65,7 @@ def check_against_reference(buf, ref):
 def test_ring_semantics_match_reference(prioritized):
     rng = np.random.default_rng(0)
     A, C = 4, 5
-    buf = AgentReplay(A, C, (2,), torch.float32, prioritized=prioritized)
+    buf = per_replay(A, C, (2,), torch.float32, prioritized=prioritized)
     ref = RingReference(A, C)
     next_id = 0
     # first call: agent 0 gets far more than capacity, agent 1 a few, agent 2 none, agent 3 one; interleaved
@@ -83,7 +91,7 @@ def test_ring_semantics_match_reference(prioritized):
 def test_sampled_transitions_are_intact_and_in_the_right_agent(prioritized):
     rng = np.random.default_rng(1)
     A, C = 3, 16
-    buf = AgentReplay(A, C, (2,), torch.float32, prioritized=prioritized, generator=torch.Generator().manual_seed(0))
+    buf = per_replay(A, C, (2,), torch.float32, prioritized=prioritized, generator=torch.Generator().manual_seed(0))
     ref = RingReference(A, C)
     agent = rng.choice(A, size=40).tolist()
     ids = list(range(len(agent)))
@@ -106,7 +114,7 @@ def test_sampled_transitions_are_intact_and_in_the_right_agent(prioritized):
 
 def test_uniform_never_samples_beyond_size():
     A, C = 3, 10
-    buf = AgentReplay(A, C, (1,), torch.float32, prioritized=False, generator=torch.Generator().manual_seed(3))
+    buf = per_replay(A, C, (1,), torch.float32, prioritized=False, generator=torch.Generator().manual_seed(3))
     buf.add(**{k: v[:, :1] if k in ("obs", "next_obs") else v
                for k, v in make_rows(range(1 + 3 + 7), [0] + [1] * 3 + [2] * 7).items()})
     size = torch.tensor([1, 3, 7])
@@ -127,7 +135,7 @@ def fill(buf, counts):
 
 def test_prioritized_sampling_frequencies_are_proportional():
     A, C, B, rounds = 2, 6, 200, 150  # C = 6 -> 8 leaves, two of them padding
-    buf = AgentReplay(A, C, (2,), torch.float32, generator=torch.Generator().manual_seed(4))
+    buf = per_replay(A, C, (2,), torch.float32, generator=torch.Generator().manual_seed(4))
     fill(buf, [6, 4])  # agent 1 is not full: leaves 4, 5 are empty
     td = np.array([[1.0, 2.0, 3.0, 0.5, 8.0, 0.25], [5.0, 0.1, 1.0, 0.0, 7.0, 2.0]])
     index = np.array([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 3, 3]])  # agent 1: index 3 three times, 2.0 wins
@@ -152,7 +160,7 @@ def test_prioritized_sampling_frequencies_are_proportional():
 def test_priority_sums_match_numpy_after_random_updates_with_duplicates():
     rng = np.random.default_rng(5)
     A, C, B = 3, 13, 20  # blocks of 4 leaves, 16 in all
-    buf = AgentReplay(A, C, (2,), torch.float32, alpha=0.7, generator=torch.Generator().manual_seed(5))
+    buf = per_replay(A, C, (2,), torch.float32, alpha=0.7, generator=torch.Generator().manual_seed(5))
     fill(buf, [13, 13, 9])
     sizes = np.array([13, 13, 9])
     leaves = np.zeros((A, buf.n_blocks * buf.block_size))
@@ -175,7 +183,7 @@ def test_priority_sums_match_numpy_after_random_updates_with_duplicates():
 
 def test_importance_weights_match_formula():
     A, C, B = 2, 7, 50
-    buf = AgentReplay(A, C, (2,), torch.float32, beta=0.4, generator=torch.Generator().manual_seed(6))
+    buf = per_replay(A, C, (2,), torch.float32, beta=0.4, generator=torch.Generator().manual_seed(6))
     fill(buf, [7, 3])
     td = torch.tensor([[0.1, 2.0, 0.5, 3.0, 0.0, 1.0, 7.0], [0.3, 4.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
     buf.update_priorities(torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 2]]), td)
@@ -194,7 +202,7 @@ def test_importance_weights_match_formula():
 
 def test_new_transitions_get_running_max_priority():
     A, C = 3, 8
-    buf = AgentReplay(A, C, (2,), torch.float32)
+    buf = per_replay(A, C, (2,), torch.float32)
     P = buf.priorities
     rows = make_rows([0, 1, 2], [0, 0, 1])
     buf.add(**rows, priority=torch.tensor([0.5, 3.0, 0.2]))  # explicit priorities are raised into the max too
@@ -218,7 +226,7 @@ def test_state_dict_round_trip_gives_identical_samples(prioritized):
     rng = np.random.default_rng(7)
     A, C = 3, 11
     kwargs = dict(obs_shape=(2,), obs_dtype=torch.float32, prioritized=prioritized)
-    buf = AgentReplay(A, C, generator=torch.Generator().manual_seed(0), **kwargs)
+    buf = per_replay(A, C, generator=torch.Generator().manual_seed(0), **kwargs)
     agent = rng.choice(A, size=30).tolist()
     buf.add(**make_rows(range(30), agent))
     batch = buf.sample(16)
@@ -230,7 +238,7 @@ def test_state_dict_round_trip_gives_identical_samples(prioritized):
     state = torch.load(stream, weights_only=True)
     assert all(isinstance(v, (torch.Tensor, int, float)) for v in state.values())
 
-    other = AgentReplay(A, C, generator=torch.Generator().manual_seed(0), **kwargs)
+    other = per_replay(A, C, generator=torch.Generator().manual_seed(0), **kwargs)
     other.load_state_dict(state)
     buf.generator.manual_seed(123)
     other.generator.manual_seed(123)
@@ -247,7 +255,7 @@ def test_state_dict_round_trip_gives_identical_samples(prioritized):
 def test_descent_is_robust_to_extreme_priorities_and_tiny_buffers():
     rng = np.random.default_rng(8)
     A, C = 2, 1000  # 32 blocks of 32 leaves
-    buf = AgentReplay(A, C, (2,), torch.float32, generator=torch.Generator().manual_seed(8))
+    buf = per_replay(A, C, (2,), torch.float32, generator=torch.Generator().manual_seed(8))
     fill(buf, [37, 1000])
     td = rng.choice([0.0, 1e-12, 1.0, 1e12], size=(A, 37))
     index = np.stack([np.arange(37), rng.integers(0, 1000, size=37)])
@@ -258,7 +266,7 @@ def test_descent_is_robust_to_extreme_priorities_and_tiny_buffers():
         assert torch.all(idx[0] < 37)
         assert torch.all(leaves.gather(1, idx) > 0)
 
-    tiny = AgentReplay(2, 1, (2,), torch.float32, generator=torch.Generator().manual_seed(0))
+    tiny = per_replay(2, 1, (2,), torch.float32, generator=torch.Generator().manual_seed(0))
     fill(tiny, [3, 1])  # capacity 1: only the last transition is kept
     batch = tiny.sample(4)
     assert batch["index"].eq(0).all() and batch["action"][0].eq(2).all() and batch["weight"].eq(1).all()

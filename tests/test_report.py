@@ -322,6 +322,25 @@ def test_a_run_that_never_logged_the_metric_is_listed(sweep, tmp_path):
     assert read_csv(out / "report.csv")[0]["runs"] == "3"
 
 
+def test_a_corrupt_metrics_file_is_that_runs_problem_and_a_record_cut_short_is_left_out(sweep, tmp_path):
+    corrupt = make_run(sweep / "6", seed=3)
+    lines = (corrupt / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (corrupt / "metrics.jsonl").write_text("".join(lines[:2] + ["{not json\n"] + lines[2:]))
+    cut = make_run(sweep / "7", seed=4)
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.write('{"step": 1100, "eval/episode_return": 99')  # a process that died mid-write
+    out = tmp_path / "out"
+    text = run_report([sweep, "--out", out, *FAST], width=400)
+    runs = {r["folder"].split("/")[-1]: r for r in read_csv(out / "runs.csv")}
+    problem = runs["6"]["problems"]
+    assert f"{corrupt / 'metrics.jsonl'}: line 3 is not a JSON record" in problem and runs["6"]["included"] == "false"
+    assert runs["7"]["problems"] == "" and runs["7"]["included"] == "true"
+    assert runs["7"]["last_step"] == str(TOTAL)  # the cut record is not in it
+    assert float(runs["7"]["final"]) == pytest.approx(eval_series("none", 4)[1][-1])
+    assert "problems: 1 run(s)" in text
+    assert read_csv(out / "report.csv")[0]["runs"] == "4"  # the 3 seeds and the run cut short
+
+
 # ---------------------------------------------------------------------------- files
 def test_pngs_and_default_output_folder(sweep):
     text = run_report([sweep, "--bootstrap", 300, "--metric", "eval/episode_return", "--metric", "train/episode_return"])

@@ -87,7 +87,7 @@ def test_stochastic_probabilities_and_empirical_fraction():
     valid[3] = False  # no valid entry
     valid[4] = True
     td[0, ~valid[0]] = 1e6  # invalid entries must not enter the sum
-    heur = make_heuristic("stochastic", 5, beta=beta, generator=torch.Generator().manual_seed(0))
+    heur = make_heuristic("stochastic", 5, beta=beta, window=1500, generator=torch.Generator().manual_seed(0))
     p = heur.probabilities(torch.as_tensor(td), torch.as_tensor(valid)).double().numpy()
     expected = numpy_probabilities(td, valid, beta)
     np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-7)
@@ -192,10 +192,10 @@ def test_shared_fraction():
 
 def test_make_heuristic_validates_arguments():
     with pytest.raises(ValueError):
-        make_heuristic("best", 2)
+        make_heuristic("best", 2, beta=0.1, window=10)
     for beta in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError):
-            make_heuristic("quantile", 2, beta=beta)
+            make_heuristic("quantile", 2, beta=beta, window=10)
     with pytest.raises(ValueError):
-        make_heuristic("gaussian", 2, window=0)
-    assert make_heuristic("gaussian", 2, beta=0.1).c == pytest.approx(1.2815515655446008)
+        make_heuristic("gaussian", 2, beta=0.1, window=0)
+    assert make_heuristic("gaussian", 2, beta=0.1, window=10).c == pytest.approx(1.2815515655446008)

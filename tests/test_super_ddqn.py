@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from marlrun.algos.super_ddqn import SuperDDQN
-from marlrun.config import SuperDDQNConfig
+from marlrun.algos.super_ddqn import SuperDDQN, SuperDDQNConfig
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.nn import DuelingQNetwork, SetConv2dReLU, clip_grad_norm_per_set
 
@@ -17,11 +16,8 @@ def spec(teams=("p", "p", "p")):
                    teams=tuple(teams), obs_storage_dtype=torch.uint8)
 
 
-def make_algo(teams=("p", "p", "p"), num_envs=2, **overrides):
-    kwargs = {k: v for k, v in vars(SuperDDQNConfig()).items() if k not in ("_target_",)}
-    kwargs.update(buffer_size=256)
-    kwargs.update(overrides)
-    return SuperDDQN(spec(teams), num_envs, torch.device("cpu"), seed=0, **kwargs)
+def make_algo(teams=("p", "p", "p"), num_envs=2, precision="fp32", **overrides):
+    return SuperDDQN(SuperDDQNConfig(**{"buffer_size": 256, **overrides}), spec(teams), num_envs, torch.device("cpu"), seed=0, precision=precision)
 
 
 def random_step(gen, E, A, alive=None):
@@ -131,7 +127,7 @@ def test_sharing_pass_merges_the_online_passes_with_the_same_td_errors(parameter
 
 def fill_fragment(algo, E, A, gen, alive=None):
     steps = []
-    for _ in range(algo.rollout_fragment):
+    for _ in range(algo.cfg.rollout_fragment):
         obs = torch.randint(0, 3, (E, A, *OBS), generator=gen).float()
         actions = torch.randint(0, 5, (E, A), generator=gen)
         step = random_step(gen, E, A, alive)
@@ -224,7 +220,7 @@ def test_gradient_steps_follow_the_fragments():
     gen = torch.Generator().manual_seed(0)
     for fragment in range(3):
         fill_fragment(algo, 2, 3, gen)  # 4 env steps in each of 2 copies: 2 gradient steps due
-        for step in range(algo.rollout_fragment):  # the runner calls update once per vectorised env step
+        for step in range(algo.cfg.rollout_fragment):  # the runner calls update once per vectorised env step
             metrics = algo.update(env_steps=100)
             assert set(metrics) == ({"train/loss", "train/td_error"} if step < 2 else set())
         assert algo.gradient_steps == 2 * (fragment + 1)

@@ -57,7 +57,7 @@ def test_a_failing_job_leaves_the_others_complete_and_the_summary_names_it(tmp_p
 
 
 def test_a_crashing_job_records_its_traceback_and_the_next_job_runs(tmp_path, monkeypatch, compose_cfg):
-    import marlrun.runner
+    import marlrun.sweep
     from marlrun.sweep import job_outcomes, run_job
 
     hydra_cfg = OmegaConf.create({"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
@@ -69,7 +69,7 @@ def test_a_crashing_job_records_its_traceback_and_the_next_job_runs(tmp_path, mo
             raise RuntimeError("simulated crash inside the training loop")
         return {"status": "finished"}
 
-    monkeypatch.setattr(marlrun.runner, "train", crash)
+    monkeypatch.setattr(marlrun.sweep, "train", crash)  # the runner's train, as the sweep calls it
     state: dict = {}
     for job in ("0", "1"):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -83,10 +83,10 @@ def test_a_crashing_job_records_its_traceback_and_the_next_job_runs(tmp_path, mo
 
 
 def test_an_interrupted_job_skips_the_rest_of_the_sweep_in_its_process(tmp_path, monkeypatch, compose_cfg):
-    import marlrun.runner
+    import marlrun.sweep
     from marlrun.sweep import run_job
 
-    monkeypatch.setattr(marlrun.runner, "train", lambda cfg, run_dir, parallel_jobs=1: {"status": "stopped by SIGINT"})
+    monkeypatch.setattr(marlrun.sweep, "train", lambda cfg, run_dir, parallel_jobs=1: {"status": "stopped by SIGINT"})
     hydra_cfg = OmegaConf.create({"launcher": {"_target_": "basic"}})
     state: dict = {}
     run_job(compose_cfg([]), tmp_path / "0", hydra_cfg, state)

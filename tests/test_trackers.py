@@ -244,7 +244,7 @@ def test_a_tracker_that_is_not_installed_says_how_to_install_it(compose_cfg, tmp
 def test_help_lists_the_config_groups_without_schema(tmp_path):
     helped = run_cli("train", "--help", cwd=tmp_path)
     assert helped.returncode == 0
-    listed = helped.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = helped.stdout.split("== Configuration groups ==")[1].split("== Keys ==")[0]
     groups = [line.split(":")[0] for line in listed.splitlines() if line.strip()]
     assert groups == ["algo", "env", "hardware", "experiment"] and "super_search_small" in listed
     assert "schema" not in listed and "hydra/sweeper" not in listed

@@ -70,11 +70,11 @@ class MADDPGConfig:
     max_grad_norm: float = 0.5  # gradient norm clip, per agent and network
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actors and critics
     actor_reg: float = 1e-3  # weight of mean(logits^2) in the actor loss
-    gumbel_temperature: float = 1.0  # discrete actions: Gumbel-softmax temperature
-    gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones
-    noise_std: float = 0.1  # continuous actions: exploration noise, as a fraction of the action range
-    continuous_policy: str = "noise"  # continuous actions: gumbel (the soft Gumbel-softmax sample is the action, openai's) | noise
-    greedy_eval: bool = True  # evaluation: the greedy action (true) or the behaviour policy's sample, as openai's MADDPG evaluates (false)
+    gumbel_temperature: float = 1.0  # discrete actions: temperature of the Gumbel-softmax of the actor's logits
+    gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones (the reference's)
+    noise_std: float = 0.1  # continuous_policy=noise: Gaussian exploration noise, as a fraction of the action range
+    continuous_policy: str = "noise"  # continuous actions: noise (a sigmoid in the action bounds, plus Gaussian noise while exploring) | gumbel (the soft Gumbel-softmax sample of the logits is the action vector itself, as in openai's MADDPG; greedy: softmax of the logits)
+    greedy_eval: bool = True  # evaluation acts greedily (true) or with the behaviour policy's sample (false: the soft Gumbel sample, a Gumbel-max sample of discrete actions, the noisy action), as openai's MADDPG acts in its benchmark runs
 
     def __post_init__(self) -> None:
         require(self.continuous_policy in CONTINUOUS_POLICIES, "algo.continuous_policy",

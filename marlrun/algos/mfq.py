@@ -45,12 +45,12 @@ class MFQConfig:
 
     name: str = "mfq"
     controller: str = "mfq"  # the env's first team (battle: red): mfq | iql (the IL baseline: no mean action)
-    opponent: str = "mfq"  # its second team (battle: blue): mfq | iql (both learn) | random | frozen:RUN_DIR[@TEAM]
-    rounds: int = 0  # mean-field refinement rounds before acting (0: the neighbours' previous actions)
+    opponent: str = "mfq"  # its second team (battle: blue): mfq | iql (both learn) | random | frozen:RUN_DIR[@TEAM] (another run's newest checkpoint, not learning; @TEAM picks which of its teams)
+    rounds: int = 0  # mean-field refinement before acting: every agent samples a tentative action given the current mean fields, then they are recomputed, this many times (0: the neighbours' previous actions)
     temperature: float = 1.0  # Boltzmann temperature tau of softmax(Q / tau) (env=ising: the lattice's physical temperature is T = 2 tau, see algo=mcmc)
     temperature_end: Optional[float] = None  # anneal linearly to this over temperature_decay_steps (null: constant)
     temperature_decay_steps: int = 0  # env steps of the anneal
-    greedy_eval: bool = True  # evaluation: argmax (true) or the Boltzmann policy at the current temperature (false)
+    greedy_eval: bool = True  # evaluation: argmax (true) or the Boltzmann policy at the current temperature (false, as experiment=mfq_ising does)
     lr: float = 1e-4  # Adam learning rate
     gamma: float = 0.95  # discount
     tau: float = 0.005  # polyak rate of the target network

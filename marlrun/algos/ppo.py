@@ -47,7 +47,7 @@ class PPOConfig:
 
     name: str = "ippo"
     critic: str = "local"  # local: V(o_i) (IPPO) | central: V(state, o_i) (MAPPO; the concatenated observations without a state)
-    random_teams: list[str] = field(default_factory=list)  # teams played by a uniformly random policy (they do not learn)
+    random_teams: list[str] = field(default_factory=list)  # teams played by a uniformly random policy, which do not learn (e.g. [blue] on battle)
     parameter_sharing: bool = True  # one actor and one critic per team, with one-hot agent ids (false: a weight set per agent)
     lr: float = 5e-4  # actor Adam learning rate
     critic_lr: float = 5e-4  # critic Adam learning rate
@@ -64,7 +64,7 @@ class PPOConfig:
     value_coef: float = 1.0  # weight of the value loss
     value_huber_delta: float = 10.0  # Huber loss threshold of the value loss
     entropy_coef: float = 0.01  # weight of the entropy bonus
-    max_grad_norm: float = 10.0  # actor and critic clipped separately, per weight set
+    max_grad_norm: float = 10.0  # gradient norm clip, per weight set, actor and critic separately
     value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm)
     log_std_init: float = -0.5  # continuous actions: initial log std of the Gaussian (before tanh)
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actor and critic

@@ -50,7 +50,7 @@ class QMIXConfig:
 
     name: str = "qmix"
     mixer: str = "qmix"  # qmix: monotonic mixing network from hypernetworks of the state | vdn: the sum of the agents' Qs
-    parameter_sharing: bool = True  # one agent network for all agents, with the agent's one-hot id as input (pymarl's default)
+    parameter_sharing: bool = True  # one agent network with the agent's one-hot id as extra input planes (pymarl's default) | false: a weight set per agent
     lr: float = 5e-4  # RMSprop learning rate (pymarl)
     optim_alpha: float = 0.99  # RMSprop smoothing constant (pymarl)
     optim_eps: float = 1e-5  # RMSprop epsilon (pymarl)
@@ -64,7 +64,7 @@ class QMIXConfig:
     epsilon_start: float = 1.0  # exploration: linear decay (pymarl: 1.0 -> 0.05 over 50k steps)
     epsilon_end: float = 0.05  # final exploration rate
     epsilon_decay_steps: int = 50_000  # env steps from epsilon_start to epsilon_end
-    standardise_rewards: bool = False  # train on (r - mean) / std of the team rewards seen so far (EPyMARL's option)
+    standardise_rewards: bool = False  # train on (r - mean) / std of the team rewards seen so far (running averages; EPyMARL's option); off as in the QMIX and SUPER papers
     mixing_embed: int = 32  # QMIX mixing network width (pymarl)
     hypernet_embed: int = 64  # hidden units of the hypernetworks (pymarl)
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # agent network: SUPER-DDQN's convolutions

@@ -107,8 +107,8 @@ class SuperDDQN(Algorithm):
         self.q_target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)  # one kernel for all weights
 
-        self.replay = AgentReplay(A, cfg.buffer_size, spec.obs_shape, spec.obs_storage_dtype, device, cfg.prioritized,
-                                  cfg.per_alpha, cfg.per_beta, cfg.per_eps, generator=self.generator)
+        self.replay = AgentReplay(A, cfg.buffer_size, spec.obs_shape, spec.obs_storage_dtype, device, prioritized=cfg.prioritized,
+                                  alpha=cfg.per_alpha, beta=cfg.per_beta, eps=cfg.per_eps, generator=self.generator)
         self.heuristic = make_heuristic(cfg.sharing, A, cfg.bandwidth, cfg.window, device, self.generator)
         if cfg.share_team is not None and cfg.share_team not in spec.team_names:
             raise UserError(f"algo.share_team: env={spec.name} has no team '{cfg.share_team}'; its teams are {', '.join(spec.team_names)}")

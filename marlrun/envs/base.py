@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
+
+from marlrun.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class VecEnv:
     """What the runner calls on a batched environment; adapters subclass it and override what they have.
 
     ``reset() -> obs``; ``step_async(actions)`` then ``step_wait() -> VecStep`` (or ``step``); attributes ``spec``,
-    ``num_envs``, ``n_agents``, ``device``.
+    ``num_envs``, ``n_agents``, ``device``; ``frame(index)``: a picture of one copy.
     """
 
     spec: EnvSpec
@@ -97,6 +100,18 @@ class VecEnv:
     def state_metrics(self) -> dict[str, float]:
         """Scalars of the current state of the copies, logged at every log step. None by default."""
         return {}
+
+    def frame(self, index: int = 0) -> np.ndarray:
+        """A picture (uint8 [H, W, 3]) of copy ``index`` as it is now; every frame of one environment has the same
+        size. An environment that can be drawn overrides this (its painter lives in its module, with the shared
+        colours and pixel helpers of ``marlrun.render``)."""
+        self.check_copy(index)
+        raise UserError(f"cannot draw {type(self).__name__} (env {self.spec.name!r}): this environment cannot be drawn (it has no frame())")
+
+    def check_copy(self, index: int) -> None:
+        """IndexError unless ``index`` names one of the copies."""
+        if not 0 <= index < self.num_envs:
+            raise IndexError(f"copy {index} of an environment with {self.num_envs} copies")
 
     def close(self) -> None:
         pass

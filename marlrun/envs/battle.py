@@ -28,6 +28,7 @@ if _omp_threads is None:  # magent2 sets OMP_NUM_THREADS to half the cores when 
 from marlrun.envs.base import EnvSpec, MaskNeighbours, VecEnv, VecStep
 from marlrun.envs.vector import copy_seed
 from marlrun.errors import require
+from marlrun.render import BLUE, FLOOR, RED, WALL, cells
 
 
 @dataclass
@@ -51,6 +52,7 @@ class BattleConfig:
         require(self.view_radius >= 0, "env.view_radius", "must be >= 0")
 
 TEAMS = ("red", "blue")
+BATTLE_SIZE = 480  # frames: about this many pixels per side of the map (at least 2 per cell)
 
 
 def library_state(env) -> np.ndarray:
@@ -84,6 +86,20 @@ def battle_spec(cfg: BattleConfig) -> EnvSpec:
         capabilities=frozenset({"neighbours", "state"}),
         state_shape=tuple(state_shape),
     )
+
+
+def battle_cell(map_size: int) -> int:
+    """Pixels per cell (per side) in a frame."""
+    return max(2, BATTLE_SIZE // map_size)
+
+
+def draw_battle(map_size: int, walls: np.ndarray, positions: np.ndarray, teams: np.ndarray) -> np.ndarray:
+    """A frame of one battle: the map, walls dark, agents red (team 0) or blue (team 1). walls and agent positions
+    as (x, y) rows, x the column; teams: the team index of each agent."""
+    colours = np.full((map_size, map_size, 3), FLOOR, dtype=np.uint8)
+    colours[walls[:, 1], walls[:, 0]] = WALL
+    colours[positions[:, 1], positions[:, 0]] = np.where(np.asarray(teams)[:, None] == 0, RED, BLUE)
+    return cells(colours, battle_cell(map_size))
 
 
 def neighbour_mask(positions: torch.Tensor, alive: torch.Tensor, teams: torch.Tensor, radius: int) -> torch.Tensor:
@@ -211,6 +227,15 @@ class BattleVecEnv(VecEnv):
         if self.provide_state:
             context["state"] = self.global_state()
         return context
+
+    # ------------------------------------------------------------------ pictures
+    def frame(self, index: int = 0) -> np.ndarray:
+        """Copy ``index`` drawn by ``draw_battle``: its walls and its living agents."""
+        self.check_copy(index)
+        game = self.envs[index].unwrapped
+        walls = np.asarray(game.env._get_walls_info()).reshape(-1, 2)  # (x, y) of every wall cell (magent2 has no public call)
+        alive = self.alive[index]
+        return draw_battle(game.map_size, walls, self.positions[index][alive], self.team_index[alive])
 
     def close(self) -> None:
         if not self._closed:

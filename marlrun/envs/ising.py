@@ -11,7 +11,7 @@ E(s) = -J sum_<ij> s_i s_j - h sum_i s_i (every bond once): the spec then has th
 ``context()`` says J and h, for a sampler of exp(-E / T) (algo=mcmc).
 
 ``IsingVecEnv`` steps ``num_envs`` lattices as batched tensors on one device (no Python loop over sites or copies);
-``IsingParallelEnv`` is one lattice of the same core as a PettingZoo ``ParallelEnv``.
+``IsingParallelEnv`` is one lattice of the same core as a PettingZoo ``ParallelEnv``. ``draw_ising`` draws a lattice.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from pettingzoo.utils.env import ParallelEnv
 
 from marlrun.envs.base import EnvSpec, IndexNeighbours, VecEnv, VecStep
 from marlrun.errors import require
+from marlrun.render import BLACK, WHITE, cells
 
 REWARDS = ("physical", "alignment")
 OBSERVATIONS = ("spins", "neighbours")  # [own spin, k neighbour spins] | [k neighbour spins]
 NEIGHBOURS = {1: (2,), 2: (4, 8)}  # allowed neighbourhood sizes per lattice dimension
+ISING_SIZE, RING_HEIGHT = 256, 32  # frames: a 2D lattice about 256 pixels wide; a ring at least 32 pixels tall
 
 
 @dataclass
@@ -40,7 +42,7 @@ class IsingConfig:
     dims: int = 2  # 1: a ring of L spins; 2: an L x L torus
     L: int = 32  # side of the lattice (spins per side)
     neighbours: int = 4  # 1D: 2; 2D: 4 (von Neumann) or 8 (with diagonals)
-    reward: str = "physical"  # physical: 0.5 * J * s_i * sum of neighbour spins + h * s_i | alignment: the seed chapter's
+    reward: str = "physical"  # physical: 0.5 * J * s_i * sum of neighbour spins + h * s_i | alignment: the seed chapter's tanh(5 * (onehot(a_i) . abar_i - 0.5))
     J: float = 1.0  # coupling
     h: float = 0.0  # external field
     max_cycles: int = 100  # steps per episode (then a fresh random lattice)
@@ -98,6 +100,20 @@ def ising_spec(cfg: IsingConfig) -> EnvSpec:
         # "ising_energy": the rewards add up to minus an Ising energy (context() says J and h), which algo=mcmc samples
         capabilities=frozenset({"neighbours", "ising_energy"} if cfg.reward == "physical" else {"neighbours"}),
     )
+
+
+def ising_cell(dims: int, L: int) -> int:
+    """Pixels per spin (per side) in a frame."""
+    return max(1, (2 * ISING_SIZE if dims == 1 else ISING_SIZE) // L)
+
+
+def draw_ising(spins: np.ndarray, dims: int, L: int) -> np.ndarray:
+    """A frame of one lattice: spins [L ** dims] (+-1; 2D: site x * L + y is row x, column y) as one block of pixels
+    each, up white, down black (a ring is one row of blocks, at least RING_HEIGHT pixels tall)."""
+    up = np.asarray(spins).reshape((1, L) if dims == 1 else (L, L)) > 0
+    colours = np.where(up[..., None], WHITE, BLACK).astype(np.uint8)
+    cell = ising_cell(dims, L)
+    return cells(colours, max(cell, RING_HEIGHT) if dims == 1 else cell, cell)
 
 
 class IsingVecEnv(VecEnv):
@@ -267,6 +283,11 @@ class IsingVecEnv(VecEnv):
             raise RuntimeError("IsingVecEnv.spins before reset()")
         return self._spins.clone()
 
+    def frame(self, index: int = 0) -> np.ndarray:
+        """Copy ``index`` drawn by ``draw_ising``."""
+        self.check_copy(index)
+        return draw_ising(self.spins()[index].cpu().numpy(), self.dims, self.L)
+
     def close(self) -> None:
         pass
 
@@ -356,10 +377,8 @@ class IsingParallelEnv(ParallelEnv):
         up = (self._shown > 0).cpu().numpy()
         side = self.core.L
         grid = up.reshape(1, side) if self.core.dims == 1 else up.reshape(side, side)
-        scale = max(1, 256 // side)  # small lattices: a few pixels per site
-        image = np.where(grid, 255, 0).astype(np.uint8)
-        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-        return np.repeat(image[:, :, None], 3, axis=2)
+        # square blocks, ISING_SIZE // L pixels a side (a 2D lattice: as draw_ising; a ring: one row of square blocks)
+        return cells(np.where(grid[..., None], WHITE, BLACK).astype(np.uint8), max(1, ISING_SIZE // side))
 
     def close(self):
         self.core.close()

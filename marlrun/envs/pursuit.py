@@ -10,7 +10,7 @@ import numpy as np
 from pettingzoo.sisl import pursuit_v5
 from pettingzoo.sisl.pursuit.utils.two_d_maps import rectangle_map
 
-from marlrun.envs.pursuit_native import PursuitNativeVecEnv, pursuit_spec
+from marlrun.envs.pursuit_native import PursuitNativeVecEnv, draw_pursuit, pettingzoo_state, pursuit_spec
 from marlrun.envs.vector import PettingZooVecEnv
 from marlrun.errors import require
 
@@ -82,6 +82,17 @@ class PursuitFactory:
         return pursuit_v5.parallel_env(**self.kwargs)
 
 
+class PursuitPettingZooVecEnv(PettingZooVecEnv):
+    """The library's pursuit_v5 copies (backend pettingzoo); drawn as the native backend draws its games."""
+
+    def frame(self, index: int = 0) -> np.ndarray:
+        raw = self.unwrapped_copy(index)
+        game = getattr(raw, "env", raw)  # raw_env -> Pursuit
+        state = pettingzoo_state(raw)
+        building = np.asarray(game.map_matrix) == -1  # [X, Y], -1 = obstacle
+        return draw_pursuit(building, state["pursuer_pos"], state["evader_pos"][state["evader_active"]], game.obs_range)
+
+
 def start_window_room(x_size: int, y_size: int, constraint_window: float) -> int:
     """Open cells (not the central building of the library's ``rectangle_map``) in the worst start window a reset can
     draw: ``floor(side * constraint_window)`` cells per side, anywhere on the map."""
@@ -105,4 +116,4 @@ def make_pursuit(cfg: PursuitConfig, num_envs: int, num_workers: int, seed: int,
     if cfg.backend == "native":
         return PursuitNativeVecEnv(cfg, num_envs, seed, device)
     spec = pursuit_spec(cfg)
-    return PettingZooVecEnv(PursuitFactory(**cfg.library_kwargs()), spec, num_envs, num_workers, seed, device)
+    return PursuitPettingZooVecEnv(PursuitFactory(**cfg.library_kwargs()), spec, num_envs, num_workers, seed, device)

@@ -37,7 +37,7 @@ agent), the config refuses the settings for both backends (``PursuitConfig``); t
 picks the window's first cell or relaxes the spacing rule instead.
 
 ``PursuitNativeVecEnv`` wraps the simulator behind the interface of ``PettingZooVecEnv`` (automatic reset,
-``next_obs`` = true final observation).
+``next_obs`` = true final observation). ``draw_pursuit`` draws one game (the frames of both backends).
 """
 
 from __future__ import annotations
@@ -47,11 +47,14 @@ import numpy as np
 import torch
 
 from marlrun.envs.base import EnvSpec, VecEnv, VecStep
+from marlrun.render import BLUE, FLOOR, GRID_LINE, RED, WALL, cells, fill
 
 # DiscreteAgent.motion_range: action -> (dx, dy)
 MOVES = ((-1, 0), (1, 0), (0, 1), (0, -1), (0, 0))
 STAY = 4
 
+PURSUIT_CELL = 24  # pixels per cell of a frame
+VIEW_TINT = 0.15  # how much red a pursuer's observation window mixes into the free cells it covers
 
 
 def pursuit_spec(cfg) -> EnvSpec:
@@ -64,6 +67,29 @@ def pursuit_spec(cfg) -> EnvSpec:
         teams=("pursuer",) * cfg.n_pursuers,
         obs_storage_dtype=torch.uint8,  # 0/1 walls and small agent counts
     )
+
+
+def draw_pursuit(building: np.ndarray, pursuers: np.ndarray, evaders: np.ndarray, obs_range: int) -> np.ndarray:
+    """A frame of one pursuit game (both backends): the grid, obstacle dark, pursuers red, remaining evaders blue (a
+    smaller square, so one sharing a pursuer's cell stays visible), each pursuer's observation window tinted faintly
+    red. building [X, Y] bool (obstacle), pursuers and remaining evaders as (x, y) rows; x is the column."""
+    walls = np.asarray(building, dtype=bool).T  # [Y, X]: row y, column x
+    seen = np.zeros(walls.shape, dtype=bool)
+    off = (obs_range - 1) // 2
+    for x, y in pursuers:
+        seen[max(y - off, 0) : y + off + 1, max(x - off, 0) : x + off + 1] = True
+    tint = (1 - VIEW_TINT) * np.array(FLOOR) + VIEW_TINT * np.array(RED)
+    colours = np.where(walls[..., None], WALL, np.where(seen[..., None], tint, FLOOR)).astype(np.uint8)
+    c = PURSUIT_CELL
+    img = cells(colours, c)
+    edge = np.zeros(img.shape[:2], dtype=bool)  # a thin line at the last row and column of every free cell
+    edge[c - 1 :: c] = edge[:, c - 1 :: c] = True
+    img[edge & ~cells(walls, c)] = GRID_LINE
+    for x, y in pursuers:
+        fill(img, x, y, c, RED, inset=1)
+    for x, y in evaders:
+        fill(img, x, y, c, BLUE, inset=c // 4)
+    return img
 
 
 def rectangle_map(x_size: int, y_size: int, xb: float = 0.3, yb: float = 0.2) -> np.ndarray:
@@ -447,6 +473,12 @@ class PursuitNativeVecEnv(VecEnv):
 
     def context(self) -> dict:
         return {"state": self.sim.global_state()} if self.provide_state else {}
+
+    def frame(self, index: int = 0) -> np.ndarray:
+        """Copy ``index`` drawn by ``draw_pursuit``."""
+        self.check_copy(index)
+        state = {k: v[index].cpu().numpy() for k, v in self.sim.get_state().items()}
+        return draw_pursuit(self.sim.building, state["pursuer_pos"], state["evader_pos"][state["evader_active"]], self.sim.R)
 
     def close(self) -> None:
         self._closed = True

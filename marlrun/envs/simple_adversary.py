@@ -34,9 +34,11 @@ from pettingzoo.utils.conversions import aec_to_parallel
 from marlrun.envs.base import EnvSpec
 from marlrun.envs.vector import PadObservations, PettingZooVecEnv
 from marlrun.errors import require
+from marlrun.render import BLUE, GREEN, GREY, RED, WHITE, disc
 
 
 ADVERSARY_REWARDS = ("distance", "squared_distance")
+MPE_VIEW, MPE_SIZE = 1.5, 400  # frames: the square [-1.5, 1.5]^2 of the world in 400 x 400 pixels
 
 
 @dataclass
@@ -96,6 +98,26 @@ def simple_adversary_spec(cfg: SimpleAdversaryConfig) -> EnvSpec:
     )
 
 
+def mpe_pixel(pos) -> tuple[float, float]:
+    """(row, column) in an MPE frame of the world position (x, y)."""
+    scale = MPE_SIZE / (2 * MPE_VIEW)
+    return (MPE_VIEW - pos[1]) * scale, (pos[0] + MPE_VIEW) * scale
+
+
+def draw_mpe(world) -> np.ndarray:
+    """A frame of an MPE world: discs on the square [-MPE_VIEW, MPE_VIEW]^2 (y up), agents under landmarks (smaller,
+    so both stay visible): adversaries red, others blue; landmarks grey, the target green."""
+    img = np.full((MPE_SIZE, MPE_SIZE, 3), WHITE, dtype=np.uint8)
+    scale = MPE_SIZE / (2 * MPE_VIEW)
+    goal = getattr(world.agents[-1], "goal_a", None) if world.agents else None
+    for agent in world.agents:
+        colour = RED if getattr(agent, "adversary", False) else BLUE
+        disc(img, *mpe_pixel(agent.state.p_pos), agent.size * scale, colour)
+    for landmark in world.landmarks:
+        disc(img, *mpe_pixel(landmark.state.p_pos), landmark.size * scale, GREEN if landmark is goal else GREY)
+    return img
+
+
 class SimpleAdversaryVecEnv(PettingZooVecEnv):
     def __init__(self, *args, success_radius: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,6 +136,9 @@ class SimpleAdversaryVecEnv(PettingZooVecEnv):
             "game/good_final_distance": good_distance,
             "game/adversary_final_distance": adversary_distance,
         }
+
+    def frame(self, index: int = 0) -> np.ndarray:
+        return draw_mpe(self.unwrapped_copy(index).world)
 
 
 def make_simple_adversary(cfg: SimpleAdversaryConfig, num_envs: int, num_workers: int, seed: int, device="cpu") -> SimpleAdversaryVecEnv:

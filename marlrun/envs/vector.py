@@ -19,6 +19,7 @@ from pettingzoo.utils.env import ParallelEnv
 from supersuit.vector import ConcatVecEnv, MarkovVectorEnv, ProcConcatVec
 
 from marlrun.envs.base import EnvSpec, VecEnv, VecStep
+from marlrun.errors import UserError
 
 
 class EnvWorkerDied(RuntimeError):
@@ -193,6 +194,15 @@ class PettingZooVecEnv(VecEnv):
             episode_end=torch.as_tensor(done, device=self.device),
             episode_info=self.episode_metrics(next_obs) if done.any() else {},
         )
+
+    def unwrapped_copy(self, index: int = 0):
+        """The unwrapped PettingZoo env (the library's own game object) of copy ``index``, as it is now; only for
+        copies stepped in this process (``num_workers=0``). For drawing and tests: stepping it directly would bypass
+        this adapter."""
+        self.check_copy(index)
+        if self.worker_processes:
+            raise UserError(f"cannot draw {self.spec.name}: its copies run in worker processes; use hardware.env_workers=0")
+        return self._vec.vec_envs[index].par_env.unwrapped  # SuperSuit's ConcatVecEnv of MarkovVectorEnv copies
 
     def close(self) -> None:
         if not self._closed:

@@ -14,6 +14,7 @@ from rich.text import Text
 from marlrun.errors import UserError
 from marlrun.report.output import (comparisons_table, plot_curves, plot_file, plot_profile, problem_rows, problems_table,
                                    results_table, write_improvement_csv, write_profile_csv, write_report_csv, write_runs_csv)
+from marlrun.report.reliable import resolve_group
 from marlrun.report.runs import BOOKKEEPING_KEYS, Group, format_value, group_runs, load_runs
 from marlrun.report.stats import add_reliable_statistics, analyse, choose_metrics, profiles
 
@@ -71,8 +72,6 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group]) -> list[tuple[str, str]]:
     """``--compare A B`` pairs as group labels; UserError for a name that names no group or several."""
-    from marlrun.report.reliable import resolve_group
-
     labels = [g.label for g in groups]
     settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
     resolved = [(resolve_group(a, labels, settings), resolve_group(b, labels, settings)) for a, b in pairs]

@@ -144,7 +144,7 @@ def plot_file(metric: str) -> str:
 
 def plot_curves(path: Path, report: MetricReport, n_boot: int, seed: int) -> None:
     """Each group's mean curve over its included runs against env steps, with a shaded 95% bootstrap band."""
-    import matplotlib
+    import matplotlib  # slow to import: only when plotting (--no-plots skips it)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -174,7 +174,7 @@ def plot_curves(path: Path, report: MetricReport, n_boot: int, seed: int) -> Non
 
 def plot_profile(path: Path, metric: str, taus: np.ndarray, curves: dict) -> None:
     """Performance profiles: the fraction of each group's runs whose final value exceeds tau, with 95% bands."""
-    import matplotlib
+    import matplotlib  # slow to import: only when plotting (--no-plots skips it)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -22,14 +22,18 @@ from typing import Sequence
 
 import numpy as np
 
-with warnings.catch_warnings():  # arch (rliable's bootstrap) warns about optional numba on import
-    warnings.simplefilter("ignore")
-    from rliable import library as rly
-    from rliable import metrics
-
 from marlrun.errors import UserError
 
 LEVEL = 0.95
+
+
+def _rliable():
+    """rliable's ``library`` and ``metrics`` modules, imported on first use: they are slow to import (arch, pandas,
+    scipy) and only these statistics need them, not the rest of the report nor any other command."""
+    with warnings.catch_warnings():  # arch (rliable's bootstrap) warns about optional numba on import
+        warnings.simplefilter("ignore")
+        from rliable import library, metrics
+    return library, metrics
 
 
 @dataclass
@@ -64,6 +68,7 @@ def _seeded(seed: int):
 
 def iqm(values: Sequence[float], reps: int, seed: int) -> Interval | None:
     """Interquartile mean of the runs' scores with its 95 % stratified bootstrap interval; None for no runs."""
+    rly, metrics = _rliable()
     if len(values) == 0:
         return None
     with _seeded(seed) as rng:
@@ -74,6 +79,7 @@ def iqm(values: Sequence[float], reps: int, seed: int) -> Interval | None:
 
 def probability_of_improvement(a: Sequence[float], b: Sequence[float], reps: int, seed: int) -> Interval | None:
     """P(a run of A scores higher than a run of B), ties a half, with its 95 % stratified bootstrap interval."""
+    rly, metrics = _rliable()
     if len(a) == 0 or len(b) == 0:
         return None
     with _seeded(seed) as rng:
@@ -86,6 +92,7 @@ def probability_of_improvement(a: Sequence[float], b: Sequence[float], reps: int
 def performance_profile(values: Sequence[float], taus: np.ndarray, reps: int, seed: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fraction of runs scoring above each tau (rliable's score distribution), with 95 % bootstrap bands."""
+    rly, metrics = _rliable()
     with _seeded(seed) as rng:
         point, ci = rly.get_interval_estimates({"g": _scores(values)}, lambda s: rly.score_distributions(s, taus),
                                                reps=reps, confidence_interval_size=LEVEL, random_state=rng)

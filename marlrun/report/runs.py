@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from marlrun.errors import UserError
-from marlrun.metrics import METRICS_FILE, SUMMARY_FILE
+from marlrun.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -133,24 +133,6 @@ def load_config(path: Path) -> dict[str, Any]:
     return flatten(tree)
 
 
-def read_records(path: Path) -> tuple[list[dict], int]:
-    """The records of a metrics.jsonl and the number of lines that could not be read (e.g. cut by a crash)."""
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
-        else:
-            bad += 1
-    return records, bad
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
@@ -177,15 +159,16 @@ def load_run(path: Path) -> Run:
         overrides = []
 
     records: list[dict] = []
-    metrics_path = path / METRICS_FILE
-    if not metrics_path.is_file():
+    if not (path / METRICS_FILE).is_file():
         problems.append("no metrics.jsonl (the run never logged a step)")
     else:
-        records, bad = read_records(metrics_path)
-        if not records and not bad:
-            problems.append("metrics.jsonl is empty (the run never logged a step)")
-        elif bad:
-            problems.append(f"{bad} unreadable line(s) in metrics.jsonl, ignored")
+        try:
+            records = read_metrics(path)
+        except UserError as exc:  # this run's history is left out; the report goes on with the others
+            problems.append(f"metrics.jsonl left out: {exc}")
+        else:
+            if not records:
+                problems.append("metrics.jsonl is empty (the run never logged a step)")
 
     summary_path = path / SUMMARY_FILE
     summary = _read_json(summary_path) if summary_path.is_file() else None

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from marlrun.errors import UserError
+from marlrun.report import reliable
 from marlrun.report.runs import Group, Run
 
 DEFAULT_METRICS = ("eval/episode_return", "train/episode_return")
@@ -229,8 +230,6 @@ def analyse(groups: Sequence[Group], metric: str, threshold: float | None = None
 
 def add_reliable_statistics(report: MetricReport, compare: Sequence[tuple[str, str]], reps: int, seed: int) -> None:
     """Each group's IQM of final values and AUCs, and P(A > B) for the ``compare`` pairs (labels), with rliable."""
-    from marlrun.report import reliable
-
     def scores(g: GroupStats) -> tuple[list[float], list[float]]:
         return [report.runs[r.path].final for r in g.included], [report.runs[r.path].auc for r in g.included]
 
@@ -246,8 +245,6 @@ def add_reliable_statistics(report: MetricReport, compare: Sequence[tuple[str, s
 
 def profiles(report: MetricReport, reps: int, seed: int) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """The performance profile of each group's final values (rliable): taus, and label -> (fraction, low, high)."""
-    from marlrun.report import reliable
-
     finals = {g.group.label: [report.runs[r.path].final for r in g.included] for g in report.groups if g.included}
     taus = reliable.profile_taus([v for values in finals.values() for v in values])
     return taus, {label: reliable.performance_profile(values, taus, reps, seed) for label, values in finals.items()}
