@@ -26,7 +26,7 @@ def main(run: Path, steps: int) -> None:
     cfg = validate(OmegaConf.load(run / ".hydra" / "config.yaml"))
     cpu = torch.device("cpu")
     env = make_env(cfg, 1, 0, cpu)
-    algo = PPO(env.spec, 1, cpu, 0, **{k: v for k, v in cfg.algo.items() if k != "_target_"})
+    algo = PPO(OmegaConf.to_object(cfg.algo), env.spec, 1, cpu, 0)
     env.provide_state = algo.uses_state
     algo.load_state_dict(load_checkpoint(sorted((run / "checkpoints").glob("*.pt"))[-1])["algo"])
     enemy_channel = 4 if cfg.env.minimap_mode else 3  # magent2's view: wall, own team, own hp, [own minimap], enemy, ...

@@ -258,29 +258,9 @@ def _signature_findings() -> list[str]:
     return found
 
 
-def _without_line(finding: str) -> str:
-    where, rest = finding.split(" ", 1)
-    return f"{where.rsplit(':', 1)[0]} {rest}"
-
-
-# Found when this test was written and reported to the lead, not fixed here (marlrun/ is not this test's to edit).
-# (AgentReplay's alpha=0.6, beta=0.4 and eps=1e-6 restate per_alpha, per_beta and per_eps too, under other names,
-# which this check does not see.)
-KNOWN_FINDINGS = {
-    "marlrun/replay.py AgentReplay.__init__(prioritized=True) restates SuperDDQNConfig.prioritized's default",
-}
-
-
-def test_no_new_signature_restates_a_schema_default():
-    new = [f for f in _signature_findings() if _without_line(f) not in KNOWN_FINDINGS]
-    assert new == [], "function signatures restate a schema's default (take the config's value instead):\n" + "\n".join(new)
-
-
-@pytest.mark.xfail(strict=True, reason="known and reported: marlrun/replay.py AgentReplay.__init__(prioritized=True) restates "
-                   "SuperDDQNConfig.prioritized's default. Once it is gone this passes: empty KNOWN_FINDINGS, drop the mark")
 def test_no_signature_restates_a_schema_default():
     findings = _signature_findings()
-    assert findings == [], "\n".join(findings)
+    assert findings == [], "function signatures restate a schema's default (take the config's value instead):\n" + "\n".join(findings)
 
 
 def test_the_signature_check_finds_a_restated_default():
