@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.utils.tensorboard.writer import FileWriter
 
 from marlrun.errors import UserError
 
@@ -123,9 +125,6 @@ def add_animation_to_tensorboard(writer, tag: str, frames, step: int, fps: int =
 
     ``writer``: a log directory (a new event file is written there), a ``torch.utils.tensorboard.SummaryWriter``,
     or anything with one as ``.tb`` (marlrun's ``MetricWriter``)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from torch.utils.tensorboard.writer import FileWriter
-
     frames = _checked(frames)
     h, w = frames[0].shape[:2]
     image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=encode_gif(frames, fps))
