@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from marlrun.errors import UserError
+
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
     bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default init for Linear and Conv2d
@@ -124,6 +126,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_convs_fit(n_convs: int, kernel: int, h: int, w: int) -> None:
+    """A UserError when ``n_convs`` unpadded k x k convolutions would shrink an h x w observation below one cell."""
+    if n_convs and min(h, w) - n_convs * (kernel - 1) < 1:
+        most = (min(h, w) - 1) // n_convs + 1
+        raise UserError(f"algo.conv_kernel: {n_convs} convolutions of {kernel}x{kernel} do not fit a {h}x{w} observation; "
+                        f"use algo.conv_kernel <= {most} or fewer algo.conv_channels")
+
+
 class DuelingQNetwork(nn.Module):
     """Q(s, .) = V(s) + A(s, .) - mean A(s, .) on top of a conv (or plain MLP) torso, per weight set.
 
@@ -137,6 +147,7 @@ class DuelingQNetwork(nn.Module):
         layers: list[nn.Module] = []
         if self.image:
             h, w, c = obs_shape
+            check_convs_fit(len(conv_channels), conv_kernel, h, w)
             for width in conv_channels:
                 layers.append(SetConv2dReLU(n_sets, c, width, conv_kernel, (h, w)))
                 c, h, w = width, h - conv_kernel + 1, w - conv_kernel + 1
@@ -205,6 +216,7 @@ class MeanFieldQNetwork(nn.Module):
         self.image = len(obs_shape) == 3
         if self.image:
             h, w, c = obs_shape
+            check_convs_fit(len(conv_channels), conv_kernel, h, w)
             layers: list[nn.Module] = []
             for width in conv_channels:
                 layers += [nn.Conv2d(c, width, conv_kernel), nn.ReLU(inplace=True)]

@@ -151,6 +151,8 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         if not paths:
             raise UserError(f"resume: {run_dir} has no checkpoint in {run_dir / 'checkpoints'}; start a new run instead")
         checkpoint = load_checkpoint(paths[-1], map_location=resolve_device(cfg.hardware.device), required=RUN_STATE_KEYS + RESUME_KEYS)
+    if checkpoint:
+        refuse_unsafe_changes(checkpoint.get("config", {}), cfg, checkpoint["env_steps"])
     resumes = checkpoint["resumes"] + 1 if checkpoint else 0
     remove_stale_temp_files(run_dir)  # this process owns the folder: a temporary file is a dead writer's
     if not checkpoint:
@@ -215,7 +217,7 @@ class Run:
         self.recent.extend(checkpoint["recent_returns"])
         self.evals = list(checkpoint["evals"])
         self.wall_before = checkpoint["wall_time"]
-        torch.set_rng_state(checkpoint["torch_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"].cpu())  # a checkpoint loaded onto a GPU moved it there
         console.print(f"[bold]resuming[/] {self.run_dir} from env step {self.env_steps:,}")
 
     def open_writer(self, loggers: list, resumed: bool) -> None:
@@ -409,6 +411,36 @@ def non_finite_state(algo: Algorithm) -> str | None:
             if not bool(torch.isfinite(t).all()):
                 return f"the {what} holds {'nan' if bool(t.isnan().any()) else 'inf'}"
     return None
+
+
+# what a resume may change: how long the run goes on, what it logs, evaluates and keeps, where its scalars go, and how
+# the machine steps it (threads and worker processes change no number). Everything else makes it another experiment.
+RESUMABLE = ("total_steps", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints", "save_replay", "progress",
+             "print_config", "loggers", "objective", "resume", "hardware.torch_threads", "hardware.env_workers")
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def refuse_unsafe_changes(saved: dict, cfg: DictConfig, env_steps: int) -> None:
+    """A resume continues the run its checkpoint holds: a UserError naming the first key whose value differs from the
+    checkpoint's config (keys the checkpoint predates, and an older run's ``_target_``, are not compared) unless
+    RESUMABLE lists it, and for a ``total_steps`` below the steps already run."""
+    before, now = flat(saved), flat(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(before) & set(now)):
+        if before[key] != now[key] and not key.endswith("._target_") and not any(key == k or key.startswith(f"{k}.") for k in RESUMABLE):
+            raise UserError(f"resume: {key} was {before[key]} in this run, not {now[key]}; a resumed run may change only "
+                            f"{', '.join(k for k in RESUMABLE if k != 'resume')} (start a new run to change {key})")
+    if cfg.total_steps < env_steps:
+        raise UserError(f"resume: total_steps={cfg.total_steps} is below the {env_steps:,} env steps this run has made; "
+                        f"give a larger total_steps (or none, to finish the run's own {before.get('total_steps', env_steps):,})")
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:

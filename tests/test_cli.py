@@ -108,7 +108,7 @@ def test_resume_errors_and_corrupt_checkpoint_keeps_files(tmp_path):
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     mismatch = run_cli("train", f"resume={run}", "algo.buffer_size=300", "total_steps=400", cwd=tmp_path)
-    assert_one_line_error(mismatch, "does not fit this config")
+    assert_one_line_error(mismatch, "algo.buffer_size was 500 in this run, not 300", "start a new run")
 
     checkpoints[-1].write_bytes(b"not a checkpoint")
     before[checkpoints[-1]] = b"not a checkpoint"

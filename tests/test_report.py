@@ -379,6 +379,10 @@ def test_bad_inputs_raise_one_clear_user_error(sweep, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="--out .* is a file"):
         report.main([str(sweep), "--out", str(tmp_path / "file"), *FAST])
+    for bad in ("-1", "x"):  # argparse's own one-line error and exit 2, not a traceback from the bootstrap's generator
+        with pytest.raises(SystemExit) as exited:
+            report.main([str(sweep), "--seed", bad, *FAST])
+        assert exited.value.code == 2
 
 
 def test_only_partial_runs_is_an_error_that_says_what_to_do(tmp_path):

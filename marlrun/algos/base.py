@@ -113,7 +113,7 @@ def save_state(value, include_replay: bool = True):
 def load_state(current, saved):
     """``saved`` restored into ``current`` (in place where it has state), or the value that replaces it."""
     if isinstance(current, torch.Generator):
-        current.set_state(saved)
+        current.set_state(saved.cpu())  # generator states are CPU byte tensors, wherever the checkpoint was loaded to
         return current
     if hasattr(current, "load_state_dict"):
         current.load_state_dict(saved)

@@ -19,6 +19,16 @@ from marlrun.report.runs import BOOKKEEPING_KEYS, Group, format_value, group_run
 from marlrun.report.stats import add_reliable_statistics, analyse, choose_metrics, profiles
 
 # ---------------------------------------------------------------------------- command line
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -52,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
                         "value and the best group's mean final value; other metrics always use their default)")
     p.add_argument("--bootstrap", type=_positive_int, default=10_000, metavar="N",
                    help="bootstrap resamples for the confidence intervals (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's random numbers (default: %(default)s)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the bootstrap's random numbers (default: %(default)s)")
     p.add_argument("--include-partial", action="store_true",
                    help="include runs that stopped before total_steps in the statistics (failed runs never are)")
     p.add_argument("--ignore", action="append", default=[], metavar="KEY",
