@@ -60,6 +60,16 @@ def make_algorithm(cfg: DictConfig, env: VecEnv, device: torch.device, seed: int
     return algo
 
 
+def check_budget(cfg: DictConfig) -> None:
+    """A UserError when the run could not do what it asks within total_steps (more env steps per step of the copies than
+    the whole budget; the algorithm's own checks: no update ever, a schedule that ends too soon)."""
+    if cfg.hardware.num_envs > cfg.total_steps:
+        raise UserError(f"hardware.num_envs={cfg.hardware.num_envs:,} copies make {cfg.hardware.num_envs:,} env steps per step, more than "
+                        f"total_steps={cfg.total_steps:,}; use fewer copies or a longer run")
+    e = entry("algo", cfg.algo.name)
+    e.cls.check_run(OmegaConf.to_object(cfg.algo), cfg.total_steps, cfg.hardware.num_envs)
+
+
 @dataclass
 class BuiltRun:
     cfg: DictConfig  # checked by its schemas, interpolations resolved
@@ -85,6 +95,7 @@ def build_run(cfg: DictConfig, *, seed: int | None = None, env_copies: int | Non
     The algorithm is built for hardware.num_envs copies, whatever ``env_copies`` says (evaluation plays other copies
     with the same learner)."""
     cfg = validate(cfg)
+    check_budget(cfg)
     seed = cfg.seed if seed is None else seed
     hardware = hardware_of(cfg)
     if device is not None:

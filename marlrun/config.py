@@ -75,7 +75,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, 2**63 - 1], got {self.seed}")
-        require(self.total_steps >= 0, "total_steps", f"must be >= 0, got {self.total_steps}")
+        require(self.total_steps >= 1, "total_steps", f"must be >= 1, got {self.total_steps}")
         require(self.log_interval >= 1, "log_interval", "must be >= 1")
         require(self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
         require(self.eval_episodes >= 0, "eval_episodes", "must be >= 0")

@@ -16,6 +16,8 @@ TINY = ["total_steps=200", "log_interval=100", "checkpoint_interval=100", "eval_
         "hardware.num_envs=2", "hardware.env_workers=0", "algo.buffer_size=2000", "algo.learning_starts=100",
         "progress=false", "print_config=false"]
 
+PPO_TINY = ["algo=ippo", *(k for k in TINY if not k.startswith(("algo.buffer_size", "algo.learning_starts")))]
+
 
 def call(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -78,7 +80,13 @@ CASES = [
     (["train", *TINY, "seed=99999999999999999999"], ["seed", "[0, 2**63 - 1]"]),
     (["train", *TINY, "seed=abc"], ["seed"]),
     (["train", *TINY, "total_steps=abc"], ["total_steps"]),
-    (["train", *TINY, "total_steps=-5"], ["total_steps", ">= 0"]),
+    (["train", *TINY, "total_steps=-5"], ["total_steps", ">= 1"]),
+    (["train", *TINY, "total_steps=0"], ["total_steps", ">= 1"]),
+    (["train", *TINY, "hardware.num_envs=1000"], ["hardware.num_envs=1,000", "total_steps=200"]),
+    (["train", *PPO_TINY, "algo.rollout_steps=1000000000"], ["algo.rollout_steps", "no update"]),
+    (["train", *PPO_TINY, "algo.rollout_steps=16", "algo.minibatches=1000"], ["algo.minibatches=1000", "32 samples"]),
+    (["train", *PPO_TINY, "algo.rollout_steps=16", "algo.lr_anneal=true", "algo.anneal_steps=10"],
+     ["algo.anneal_steps=10", "learning rate reaches 0"]),
     (["train", *TINY, "log_interval=0"], ["log_interval", ">= 1"]),
     (["train", *TINY, "eval_episodes=-3"], ["eval_episodes", ">= 0"]),
     (["train", *TINY, "eval_interval=-1"], ["eval_interval"]),
@@ -106,7 +114,7 @@ CASES = [
     (["train", *TINY, "hardware.torch_threads=-1"], ["hardware.torch_threads"]),
     (["train", *TINY, "hardware.env_workers=-1"], ["hardware.env_workers"]),
     (["train", *TINY, "hardware.num_envs=0"], ["hardware.num_envs"]),
-    (["train", *TINY, "hardware.num_envs=100000000"], ["hardware.num_envs", "not enough memory"]),
+    (["train", *TINY, "hardware.num_envs=100000000", "total_steps=1000000000"], ["hardware.num_envs", "not enough memory"]),
     (["train", *TINY, "env.obs_range=999"], ["env.obs_range", "at most 17"]),
     (["train", *TINY, "env.obs_range=4"], ["env.obs_range", "odd"]),
     (["train", *TINY, "env.max_cycles=0"], ["env.max_cycles"]),
@@ -131,7 +139,7 @@ CASES = [
     (["train", "--cfg", "job", "-m"], ["--cfg"]),
     # --- resume: validated exactly as a fresh run, and it cannot change what the run is
     (["train", f"resume={R}", "total_steps=abc"], ["total_steps"]),
-    (["train", f"resume={R}", "total_steps=-5"], ["total_steps", ">= 0"]),
+    (["train", f"resume={R}", "total_steps=-5"], ["total_steps", ">= 1"]),
     (["train", f"resume={R}", "log_interval=0"], ["log_interval"]),
     (["train", f"resume={R}", "eval_episodes=-3"], ["eval_episodes"]),
     (["train", f"resume={R}", "algo.lr=nan"], ["algo.lr"]),

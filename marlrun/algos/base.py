@@ -57,6 +57,12 @@ class Algorithm:
         self.cfg, self.spec, self.num_envs, self.device, self.precision = cfg, spec, num_envs, device, precision
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
+    @classmethod
+    def check_run(cls, cfg: Any, total_steps: int, num_envs: int) -> None:
+        """A UserError when this algorithm, so configured, could not do what the run asks of it in ``total_steps``
+        env steps of ``num_envs`` copies (no update would ever happen, a schedule that ends before the run does...).
+        Called before anything is built; the schema checks what it can on its own."""
+
     def autocast(self):
         """The networks' matmuls and convolutions in the run's precision; their outputs are fp32."""
         return autocast(self.device, self.precision)

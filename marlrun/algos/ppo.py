@@ -249,6 +249,20 @@ class PPO(Algorithm):
     suggestion = ""
     state_keys = ("nets", "optimizer", "generator", "rollout", "acted", "gradient_steps", "updates")
 
+    @classmethod
+    def check_run(cls, cfg: PPOConfig, total_steps: int, num_envs: int) -> None:
+        per_update = cfg.rollout_steps * num_envs
+        if per_update > total_steps:
+            raise UserError(f"algo.rollout_steps={cfg.rollout_steps} x hardware.num_envs={num_envs} = {per_update:,} env steps per update, "
+                            f"more than total_steps={total_steps:,}: no update would ever happen; lower algo.rollout_steps")
+        if cfg.minibatches > per_update:
+            raise UserError(f"algo.minibatches={cfg.minibatches} cannot split a rollout of {per_update:,} samples per agent "
+                            f"(algo.rollout_steps x hardware.num_envs); use at most {per_update}")
+        if cfg.lr_anneal and cfg.anneal_steps < total_steps:
+            raise UserError(f"algo.anneal_steps={cfg.anneal_steps:,} < total_steps={total_steps:,}: the learning rate reaches 0 before "
+                            "the run ends and the rest of it learns nothing; leave algo.anneal_steps at its default (total_steps), or "
+                            "algo.lr_anneal=false (a resumed run keeps its anneal_steps: an annealed run cannot learn past them)")
+
     def __init__(self, cfg: PPOConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.central = cfg.critic == "central"
