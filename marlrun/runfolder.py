@@ -69,6 +69,14 @@ def unquoted(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
+def enclosing_run(folder: Path) -> Path | None:
+    """The run folder that ``folder`` lies inside, if any (its checkpoints/, eval/ or any other subfolder)."""
+    for parent in folder.parents:  # a run's saved config and something it wrote (a project's own checkpoints/ is no run)
+        if (parent / ".hydra" / "config.yaml").is_file() and any((parent / name).exists() for name in RUN_FILES[1:]):
+            return parent
+    return None
+
+
 def in_use(folder: Path) -> UserError:
     return UserError(f"{folder} is in use by another marlrun process; wait for it to end, or choose another folder with hydra.run.dir=PATH")
 
@@ -85,6 +93,8 @@ def claim(config: DictConfig) -> Path:
             raise in_use(folder)
         return folder
     chosen = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
+    if inside := enclosing_run(folder):
+        raise UserError(f"{folder} is inside the run folder {inside}; a run writes into a folder of its own: choose another with hydra.run.dir=PATH")
     for attempt in range(1, 1000):
         candidate = folder if attempt == 1 else folder.with_name(f"{folder.name}_{attempt}")
         if holds_run(candidate):  # checked before taking the lock, so a refused run writes nothing there

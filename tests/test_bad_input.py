@@ -134,6 +134,7 @@ CASES = [
     (["train", *TINY, "hydra.run.dir=with space ü"], ["hydra.run.dir", "quote it", "'with space ü'"]),
     (["train", *TINY, "hydra.run.dir="], ["hydra.run.dir is empty"]),
     (["train", *TINY, f"hydra.run.dir={R}"], ["already holds a run", "resume="]),
+    (["train", *TINY, f"hydra.run.dir={R}/checkpoints"], ["inside the run folder", "RUN"]),
     (["train", *TINY, "hydra.run.dir={root}/a_file/run"], ["cannot write", "a_file"]),
     (["train", *TINY, "algo=nothing"], ["algo/nothing", "super_ddqn"]),
     (["train", "--cfg", "job", "-m"], ["--cfg"]),
