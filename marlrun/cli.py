@@ -24,7 +24,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from marlrun import bench, evaluation, report
 from marlrun.checkpoint import checkpoint_paths
-from marlrun.config import GROUPS, load_run_config, register_configs
+from marlrun.config import GROUPS, did_you_mean, load_run_config, register_configs
 from marlrun.console import console
 from marlrun.errors import UserError
 from marlrun.metrics import read_metrics
@@ -68,7 +68,7 @@ def _hydra_message(exc: BaseException) -> str:
     cause = exc.__cause__
     unknown = re.match(r"Could not override '([^']+)'", str(exc))
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        return f"unknown config key '{unknown.group(1)}' ({first(cause)}); `marlrun train --cfg job` lists every key"
+        return f"unknown config key '{unknown.group(1)}'{did_you_mean(unknown.group(1))} ({first(cause)}); `marlrun train --cfg job` lists every key"
     text = first(exc)
     if isinstance(exc, OverrideParseException) and "=" in exc.override:
         key, value = exc.override.split("=", 1)
@@ -95,6 +95,8 @@ def _resume_args(args: list[str]) -> list[str] | str:
         return "resume= needs a run folder: marlrun train resume=RUN_DIR"
     run_dir = Path(value).expanduser().resolve()
     saved = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.exists():
+        return f"resume: {run_dir} does not exist; pass the run folder a run printed at its end (marlrun train resume=RUN_DIR)"
     if not saved.is_file():
         return f"resume: {run_dir} is not a marlrun run folder (no .hydra/config.yaml); pass the folder a run printed at its end"
     if not checkpoint_paths(run_dir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import inspect
 import io
 import math
@@ -191,7 +192,7 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
     for key in node.keys():
         full = f"{path}{key}"
         if known is not None and key not in known:
-            raise UserError(f"unknown config key '{full}'; `marlrun train --cfg job` lists every key")
+            raise UserError(f"unknown config key '{full}'{did_you_mean(full)}; `marlrun train --cfg job` lists every key")
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing():
             _reject_unknown_keys(child, f"{full}.")
@@ -315,3 +316,29 @@ def key_help(algo: str, env: str) -> str:
         lines.append(f"{title}:")
         add(prefix, schema)
     return "\n".join(lines).replace("$", "$$")  # Hydra fills its help template with string.Template: $ is its marker
+
+
+def known_keys() -> list[str]:
+    """Every full key a config can have: the run's, the hardware's and every registered algorithm's and environment's."""
+    keys = []
+
+    def add(prefix: str, schema: type) -> None:
+        for f in dataclasses.fields(schema):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                add(f"{prefix}{f.name}.", type(default))
+            elif f.name not in ("algo", "env", "hardware"):
+                keys.append(f"{prefix}{f.name}")
+
+    add("", RunConfig)
+    add("hardware.", HardwareConfig)
+    for group in ("algo", "env"):
+        for e in KINDS[group].values():
+            add(f"{group}.", e.config)
+    return sorted(set(keys))
+
+
+def did_you_mean(key: str) -> str:
+    """`` (did you mean algo.sharing?)`` for a mistyped key close to a real one, else nothing."""
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -98,7 +98,7 @@ def test_output_folder_that_is_a_file(tmp_path):
 
 
 def test_resume_errors_and_corrupt_checkpoint_keeps_files(tmp_path):
-    assert_one_line_error(run_cli("train", f"resume={tmp_path / 'missing'}", cwd=tmp_path), "not a marlrun run folder")
+    assert_one_line_error(run_cli("train", f"resume={tmp_path / 'missing'}", cwd=tmp_path), "does not exist")
 
     run = tmp_path / "run"
     done = run_cli("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
