@@ -2,8 +2,10 @@
 # SUPER's headline comparison on pursuit at the paper's scale (experiment=super_pursuit: 8 pursuers, 30 evaders, 16x16,
 # 800k env steps, 20 greedy evaluation episodes every 4,000 steps): independent DDQN (sharing none), sharing
 # everything (all), the three heuristics at bandwidth 0.1 (quantile, gaussian, stochastic), parameter sharing and
-# QMIX (algo=qmix, pymarl's settings on the same network), 3 seeds each: 21 runs. Meant to be run over several
-# sittings on a small machine:
+# QMIX (algo=qmix, pymarl's settings on the same network), 3 seeds each: the paper's 21 runs; and the baselines a
+# reviewer asks for: QMIX and VDN with standardised team rewards (qmix_std, vdn), IPPO and MAPPO on their preset
+# (experiment=ppo_pursuit, same budget and evaluation schedule; evaluated with the policy's own samples, and as
+# ippo_greedy / mappo_greedy with its argmax): 39 runs. Meant to be run over several sittings on a small machine:
 #   scripts/super_pursuit.sh [OUT_DIR] [HYDRA OVERRIDES...]
 # SWEEP_GROUPS and SWEEP_SEEDS (space-separated) pick part of the sweep, for a sitting that affords only a few runs.
 # Runs go to OUT_DIR/<group>/seed_<s> (default outputs/paper/super_pursuit), LANES at a time (default 2; each lane takes
@@ -18,7 +20,7 @@
 # RESULTS (default docs/results/super_pursuit/<group>/seed_<s>), checkpoints excepted, and the report is rebuilt there;
 # a run already finished there (an earlier sitting's, committed) is not run again. RESULTS/sweep_summary.json lists every
 # planned run, finished or not, and the sweep's wall time summed over the sittings (scripts/sweep_status.py).
-# About 70-90 minutes per run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours; 71-87 minutes per run at two
+# IPPO and MAPPO take 3-6 minutes per run. About 70-90 minutes per DQN-family run at two lanes on a 2-core AMX CPU: 21 runs take about 14 hours; 71-87 minutes per run at two
 # lanes on a 2-core AMD EPYC (bf16). On a 2-core Intel CPU without AMX (fp32): 2.6 hours per run at two one-thread
 # lanes, about 1.7 hours at LANES=1 with two threads.
 set -euo pipefail   # a failed run is logged and the lanes go on (every marlrun call has its || handler)
@@ -129,7 +131,9 @@ wait
 compare=()   # P(quantile > B) for each baseline B with finished runs so far (a group with none is no group yet)
 # (labels by parts: "algo.sharing=none" alone names independent DDQN and parameter sharing both)
 for pair in "none algo.sharing=none,parameter_sharing=false" "all algo.sharing=all" \
-            "parameter_sharing algo.sharing=none,parameter_sharing=true" "qmix qmix"; do
+            "parameter_sharing algo.sharing=none,parameter_sharing=true" "qmix experiment=super_pursuit, algo=qmix" \
+            "qmix_std standardise_rewards=true,mixer=qmix" "vdn mixer=vdn" "ippo algo=ippo,greedy_eval=false" \
+            "mappo algo=mappo,greedy_eval=false"; do
   read -r group label <<< "$pair"
   if [[ -d $results/quantile && -d $results/$group ]]; then compare+=(--compare quantile "$label"); fi
 done
