@@ -126,8 +126,10 @@ def test_hydra_features_still_work(tmp_path):
     job = run_cli("train", "--cfg", "job", "algo.sharing=gaussian", cwd=tmp_path)
     assert job.returncode == 0 and "sharing: gaussian" in job.stdout
     helped = run_cli("train", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "algo: ippo, maddpg, mappo, mcmc, mfq, qmix, super_ddqn" in helped.stdout and "hardware: auto, cpu, cuda" in helped.stdout
-    assert "env: battle, ising, pursuit, simple_adversary" in helped.stdout and "schema/" not in helped.stdout
+    from marlrun.registry import ALGORITHMS, ENVIRONMENTS
+
+    assert helped.returncode == 0 and f"algo: {', '.join(sorted(ALGORITHMS))}" in helped.stdout and "hardware: auto, cpu, cuda" in helped.stdout
+    assert f"env: {', '.join(sorted(ENVIRONMENTS))}" in helped.stdout and "schema/" not in helped.stdout
     top = run_cli("--help", cwd=tmp_path)
     assert top.returncode == 0 and "train" in top.stdout
 
