@@ -70,6 +70,9 @@ def _hydra_message(exc: BaseException) -> str:
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return f"unknown config key '{unknown.group(1)}'{did_you_mean(unknown.group(1))} ({first(cause)}); `marlrun train --cfg job` lists every key"
     text = first(exc)
+    if isinstance(exc, OverrideParseException) and "=" not in exc.override:
+        return (f"'{exc.override}' is not an override: write key=value (algo.lr=1e-3) or group=option (algo=qmix); "
+                "`marlrun train --help` lists the groups and keys")
     if isinstance(exc, OverrideParseException) and "=" in exc.override:
         key, value = exc.override.split("=", 1)
         if re.search(r"[\s'\"\\]|[^\x00-\x7f]", value) and not (value[:1] in "'\"" and value[-1:] == value[:1]):

@@ -103,6 +103,7 @@ CASES = [
     (["train", *TINY, "algo.conv_channels=[]"], ["algo.conv_channels"]),
     (["train", *TINY, "algo.sharing=most"], ["algo.sharing", "quantile"]),
     (["train", "algo=maddpg", "env=simple_adversary", "hardware=cpu", "algo.batch_size=2048", "algo.buffer_size=1000"], ["algo.batch_size"]),
+    (["train", "junk"], ["'junk' is not an override", "key=value"]),
     (["train", *TINY, "algo.sharnig=none"], ["unknown config key 'algo.sharnig'", "did you mean algo.sharing?"]),
     (["train", *TINY, "+env.x_sise=8"], ["unknown config key 'env.x_sise'", "did you mean env.x_size?"]),
     (["train", *TINY, "algo.conv_kernel=99"], ["algo.conv_kernel", "do not fit a 7x7 observation", "<= 3"]),

@@ -379,6 +379,11 @@ def test_bad_inputs_raise_one_clear_user_error(sweep, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="--out .* is a file"):
         report.main([str(sweep), "--out", str(tmp_path / "file"), *FAST])
+    with pytest.raises(UserError, match=r"--ignore algo.sharring: no run's config has this key \(did you mean algo.sharing\?\)"):
+        report.main([str(sweep), "--ignore", "algo.sharring", *FAST])
+    with pytest.raises(UserError, match="--threshold nan: must be a finite number"):
+        report.main([str(sweep), "--threshold", "nan", *FAST])
+    assert report.main([str(sweep), "--ignore", "algo", "--ignore", "hardware.num_envs", *FAST]) == 0  # a group of keys, a key
     for bad in ("-1", "x"):  # argparse's own one-line error and exit 2, not a traceback from the bootstrap's generator
         with pytest.raises(SystemExit) as exited:
             report.main([str(sweep), "--seed", bad, *FAST])

@@ -4,6 +4,8 @@ the stages in order."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -102,6 +104,17 @@ def output_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+def check_ignored_keys(runs, ignore: Sequence[str]) -> None:
+    """An ``--ignore KEY`` that names no key (nor group of keys) of any run's config is a typo: say so, with the closest."""
+    keys = {key for run in runs if run.config is not None for key in run.config}
+    keys |= {o.split("=", 1)[0].lstrip("+~") for run in runs for o in run.overrides}  # e.g. experiment
+    groups = {".".join(key.split(".")[:i]) for key in keys for i in range(1, key.count(".") + 1)}
+    for name in ignore:
+        if name not in keys and name not in groups:
+            close = difflib.get_close_matches(name, sorted(keys | groups), n=1, cutoff=0.75)
+            raise UserError(f"--ignore {name}: no run's config has this key" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     """`marlrun report`: returns 0; raises UserError for a mistake the user can fix."""
     args = parser().parse_args(argv)
@@ -109,7 +122,10 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         console = Console()
         if not console.is_terminal and "COLUMNS" not in os.environ:
             console = Console(width=200)
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise UserError(f"--threshold {args.threshold}: must be a finite number (no run could reach it)")
     runs = load_runs(args.dirs)
+    check_ignored_keys(runs, args.ignore)
     groups = group_runs(runs, args.ignore)
     metrics = choose_metrics(runs, args.metric)
     compare = resolve_pairs(args.compare, groups)
