@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from marlrun.algos.base import Algorithm
 from marlrun.config import validate
 from marlrun.envs.base import VecEnv
-from marlrun.errors import UserError
+from marlrun.errors import UserError, warn
 from marlrun.hardware import HardwareConfig, setup, torch_threads
 from marlrun.registry import check_compatible, entry
 
@@ -52,6 +52,8 @@ def make_algorithm(cfg: DictConfig, env: VecEnv, device: torch.device, seed: int
     """The config's algorithm for ``env`` (checked against its spec first), its config keys ``changes`` replaced."""
     check_compatible(cfg.algo.name, env.spec)
     algo_cfg = OmegaConf.to_object(cfg.algo)
+    for message in entry("algo", cfg.algo.name).cls.ineffective(algo_cfg, env.spec):
+        warn(message)
     if changes:
         algo_cfg = dataclasses.replace(algo_cfg, **changes)
     with out_of_memory_is_a_user_error(cfg):
@@ -101,6 +103,8 @@ def build_run(cfg: DictConfig, *, seed: int | None = None, env_copies: int | Non
     if device is not None:
         hardware = dataclasses.replace(hardware, device=device)
     resolved, precision = setup(hardware, auto_bf16=entry("algo", cfg.algo.name).cls.auto_bf16)
+    for message in getattr(OmegaConf.to_object(cfg.env), "ineffective", list)():
+        warn(message)
     seed_everything(seed)
     env = make_env(cfg, env_copies or cfg.hardware.num_envs, env_seed(seed, env_stream), resolved, env_workers)
     try:

@@ -24,9 +24,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from marlrun import bench, evaluation, report
 from marlrun.checkpoint import checkpoint_paths
-from marlrun.config import GROUPS, did_you_mean, load_run_config, register_configs
+from marlrun.config import GROUPS, did_you_mean, known_keys, load_run_config, register_configs
 from marlrun.console import console
-from marlrun.errors import UserError
+from marlrun.errors import UserError, warn
 from marlrun.metrics import read_metrics
 from marlrun.runfolder import LOCK_FILE, check_sweep_folder, hydra_quoted, in_use, lock, refusal, release, unquoted
 from marlrun.runner import train
@@ -145,6 +145,16 @@ def train_main(args: list[str]) -> int:
         release()  # the run folders this process locked
 
 
+def _not_a_boolean(args: list[str]) -> str | None:
+    """A yes/no key given anything but true or false (OmegaConf would take 2 or "yes" as true)."""
+    flags = set(known_keys("bool"))
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in flags and value.strip().lower() not in ("true", "false") and "," not in value and "${" not in value:
+            return f"{arg}: {key.lstrip('+~')} is true or false"
+    return None
+
+
 def _train(args: list[str]) -> int:
     args = _resume_args(args)
     if isinstance(args, str):
@@ -152,6 +162,8 @@ def _train(args: list[str]) -> int:
 
     register_configs()
     outcome: dict = {}
+    if not_bool := _not_a_boolean(args):
+        return fail(not_bool)
 
     multirun = "-m" in args or "--multirun" in args
     if multirun and any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in args):
@@ -175,6 +187,9 @@ def _train(args: list[str]) -> int:
             return
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return run_job(cfg, run_dir, hydra_cfg, job_state)  # the objective, for a sweeper that searches (Optuna)
+        if sweep := hydra_cfg.sweeper.get("params"):  # a sweep preset given without -m: one job of it runs
+            warn(f"the config names a sweep ({', '.join(f'{k}={v}' for k, v in sweep.items())}) but runs one job without -m; "
+                 "add -m to run the sweep")
         try:
             summary = train(cfg, run_dir)
         except UserError as exc:  # reported after Hydra returns, as one line

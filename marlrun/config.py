@@ -318,8 +318,9 @@ def key_help(algo: str, env: str) -> str:
     return "\n".join(lines).replace("$", "$$")  # Hydra fills its help template with string.Template: $ is its marker
 
 
-def known_keys() -> list[str]:
-    """Every full key a config can have: the run's, the hardware's and every registered algorithm's and environment's."""
+def known_keys(of_type: str | None = None) -> list[str]:
+    """Every full key a config can have (the run's, the hardware's and every registered algorithm's and environment's),
+    or only those whose schema type is ``of_type`` ("bool")."""
     keys = []
 
     def add(prefix: str, schema: type) -> None:
@@ -327,7 +328,7 @@ def known_keys() -> list[str]:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if dataclasses.is_dataclass(default):
                 add(f"{prefix}{f.name}.", type(default))
-            elif f.name not in ("algo", "env", "hardware"):
+            elif f.name not in ("algo", "env", "hardware") and of_type in (None, f.type if isinstance(f.type, str) else f.type.__name__):
                 keys.append(f"{prefix}{f.name}")
 
     add("", RunConfig)

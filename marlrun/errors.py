@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sys
 from pathlib import Path
 
 
@@ -12,6 +13,11 @@ class UserError(Exception):
 
     The message says what was wrong and how to fix it; no traceback is shown.
     """
+
+
+def warn(message: str) -> None:
+    """A setting that has no effect, or a run that will not do what its name says: one line on stderr, and the run goes on."""
+    print(f"marlrun: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def require(ok: bool, key: str, message: str) -> None:

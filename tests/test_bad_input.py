@@ -104,6 +104,8 @@ CASES = [
     (["train", *TINY, "algo.sharing=most"], ["algo.sharing", "quantile"]),
     (["train", "algo=maddpg", "env=simple_adversary", "hardware=cpu", "algo.batch_size=2048", "algo.buffer_size=1000"], ["algo.batch_size"]),
     (["train", "junk"], ["'junk' is not an override", "key=value"]),
+    (["train", *TINY, "algo.parameter_sharing=2"], ["algo.parameter_sharing=2", "true or false"]),
+    (["train", *TINY, "env.surround=yes"], ["env.surround", "true or false"]),
     (["train", *TINY, "algo.sharnig=none"], ["unknown config key 'algo.sharnig'", "did you mean algo.sharing?"]),
     (["train", *TINY, "+env.x_sise=8"], ["unknown config key 'env.x_sise'", "did you mean env.x_size?"]),
     (["train", *TINY, "algo.conv_kernel=99"], ["algo.conv_kernel", "do not fit a 7x7 observation", "<= 3"]),
@@ -209,3 +211,30 @@ def test_bad_input_is_one_line_and_changes_nothing(workspace, capsys, monkeypatc
     assert snapshot(workspace) == before  # nothing already on disk changed, and no run folder was left behind
 
 
+
+
+QUIET = ["total_steps=8", "log_interval=4", "eval_episodes=0", "checkpoint_interval=8", "hardware=cpu", "hardware.num_envs=2",
+         "hardware.env_workers=0", "progress=false", "print_config=false"]
+WARNINGS = [  # a setting that has no effect: one warning line, and the run goes on
+    (["env.x_size=8", "env.y_size=8", "env.n_pursuers=2", "env.n_evaders=3", "env.n_catch=2"], None),  # the default: no word
+    (["env.x_size=8", "env.y_size=8", "env.n_pursuers=2", "env.n_evaders=3", "env.n_catch=1"], ["env.n_catch=1", "env.surround=true"]),
+    (["algo=maddpg", "env=simple_adversary", "algo.continuous_policy=gumbel"], ["algo.continuous_policy=gumbel", "discrete"]),
+    (["experiment=mfq_ising", "env.L=8", "algo.opponent=random"], ["algo.opponent=random", "one team"]),
+    (["experiment=mfq_ising", "env.L=8", "algo.obs_hidden=32"], ["algo.obs_hidden=32", "vectors"]),
+    (["algo=ippo", "env=simple_adversary", "algo.rollout_steps=4", "algo.conv_channels=[4]"], ["algo.conv_channels=[4]", "vectors"]),
+    (["experiment=mfq_ising_sweep", "env.L=8", "hydra.sweeper.params.seed=0"], ["sweep", "add -m"]),
+]
+
+
+@pytest.mark.parametrize("overrides, needles", WARNINGS, ids=[" ".join(o)[-60:] for o, _ in WARNINGS])
+def test_a_setting_without_effect_is_one_warning_line(tmp_path, capsys, monkeypatch, overrides, needles):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call(capsys, "train", *QUIET, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("marlrun: warning:")]
+    if needles is None:
+        assert warnings == [], warnings
+        return
+    assert len(warnings) == 1, err
+    for needle in needles:
+        assert needle in warnings[0], warnings[0]

@@ -17,6 +17,7 @@ The runner owns the loop; an algorithm owns its learning:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections import deque
 from typing import Any, ClassVar
@@ -63,6 +64,11 @@ class Algorithm:
         env steps of ``num_envs`` copies (no update would ever happen, a schedule that ends before the run does...).
         Called before anything is built; the schema checks what it can on its own."""
 
+    @classmethod
+    def ineffective(cls, cfg: Any, spec: EnvSpec) -> list[str]:
+        """Keys set away from their defaults that have no effect on ``spec``'s environment, in words (warnings)."""
+        return []
+
     def autocast(self):
         """The networks' matmuls and convolutions in the run's precision; their outputs are fp32."""
         return autocast(self.device, self.precision)
@@ -100,6 +106,13 @@ class Algorithm:
 
     def loaded(self) -> None:
         """Called after ``load_state_dict``: recompute what follows from the restored state."""
+
+
+def set_by_user(cfg: Any, key: str) -> bool:
+    """Whether ``cfg``'s ``key`` differs from its schema's default (so a warning about it is worth a line)."""
+    field = next(f for f in dataclasses.fields(cfg) if f.name == key)
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    return getattr(cfg, key) != default
 
 
 def save_state(value, include_replay: bool = True):

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm
+from marlrun.algos.base import Algorithm, set_by_user
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require, require_batch_fits
 from marlrun.nn import SetMLP, clip_grad_norm_per_set
@@ -122,6 +122,14 @@ class MADDPG(Algorithm):
     suggestion = "Use algo=super_ddqn for environments whose agents leave mid-episode."
     auto_bf16 = False  # 64-unit MLPs: the casts cost more than bf16 saves (2,501 env steps/s in fp32, 1,735 in bf16)
     state_keys = ("nets", "actor_optimizer", "critic_optimizer", "generator", "next_update", "gradient_steps", "replay")
+
+    @classmethod
+    def ineffective(cls, cfg: MADDPGConfig, spec: EnvSpec) -> list[str]:
+        if spec.discrete_actions:
+            return [f"algo.{key}={getattr(cfg, key)} has no effect: env={spec.name}'s actions are discrete (it applies to continuous actions)"
+                    for key in ("continuous_policy", "noise_std") if set_by_user(cfg, key)]
+        return [f"algo.{key}={getattr(cfg, key)} has no effect with algo.continuous_policy=noise (continuous actions)"
+                for key in ("gumbel_temperature", "gumbel_hard") if cfg.continuous_policy == "noise" and set_by_user(cfg, key)]
 
     def __init__(self, cfg: MADDPGConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm, linear_schedule
+from marlrun.algos.base import Algorithm, linear_schedule, set_by_user
 from marlrun.checkpoint import checkpoint_paths, load_checkpoint
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require, require_batch_fits
@@ -161,6 +161,19 @@ class MFQ(Algorithm):
     requires = frozenset({"discrete_actions", "neighbours"})
     suggestion = "MF-Q runs on env=ising and env=battle; use algo=super_ddqn or algo=maddpg elsewhere."
     state_keys = ("teams", "generator", "next_update", "gradient_steps")
+
+    @classmethod
+    def ineffective(cls, cfg: MFQConfig, spec: EnvSpec) -> list[str]:
+        unused = []
+        if len(spec.obs_shape) != 3:
+            unused += [f"algo.{key}={getattr(cfg, key)} has no effect: env={spec.name}'s observations are vectors, not images"
+                       for key in ("conv_channels", "conv_kernel", "obs_hidden") if set_by_user(cfg, key)]
+        if cfg.temperature_end is not None and cfg.temperature_decay_steps <= 0 and set_by_user(cfg, "temperature"):
+            unused.append(f"algo.temperature={cfg.temperature} has no effect: with algo.temperature_decay_steps=0 the policy runs at "
+                          f"algo.temperature_end={cfg.temperature_end} from the start; give the anneal its steps")
+        if len(spec.team_names) < 2 and set_by_user(cfg, "opponent"):
+            unused.append(f"algo.opponent={cfg.opponent} has no effect: env={spec.name} has one team, played by algo.controller")
+        return unused
 
     def __init__(self, cfg: MFQConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)

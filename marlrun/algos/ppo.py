@@ -250,6 +250,12 @@ class PPO(Algorithm):
     state_keys = ("nets", "optimizer", "generator", "rollout", "acted", "gradient_steps", "updates")
 
     @classmethod
+    def ineffective(cls, cfg: PPOConfig, spec: EnvSpec) -> list[str]:
+        if cfg.conv_channels and len(spec.obs_shape) != 3:
+            return [f"algo.conv_channels={list(cfg.conv_channels)} has no effect: env={spec.name}'s observations are vectors, not images"]
+        return []
+
+    @classmethod
     def check_run(cls, cfg: PPOConfig, total_steps: int, num_envs: int) -> None:
         per_update = cfg.rollout_steps * num_envs
         if per_update > total_steps:

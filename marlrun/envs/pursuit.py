@@ -67,6 +67,14 @@ class PursuitConfig:
                                     f"(its cell and 4 neighbours), and the start window has {room} open cells, room for {fits}; "
                                     "use fewer, a bigger map (env.x_size, env.y_size) or a larger env.constraint_window")
 
+    def ineffective(self) -> list[str]:
+        """Keys set away from their defaults that have no effect with the others, in words (warnings)."""
+        unused = []
+        if self.surround and self.n_catch != PursuitConfig.n_catch:
+            unused.append(f"env.n_catch={self.n_catch} has no effect with env.surround=true (an evader is caught when surrounded); "
+                          "set env.surround=false to catch with n_catch pursuers on its cell")
+        return unused
+
     def library_kwargs(self) -> dict:
         """The keyword arguments of ``pursuit_v5.parallel_env`` (every one, so none falls back to the library's default)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "backend")}
