@@ -30,7 +30,7 @@ from marlrun.errors import UserError, warn
 from marlrun.metrics import read_metrics
 from marlrun.runfolder import LOCK_FILE, check_sweep_folder, hydra_quoted, in_use, lock, refusal, release, unquoted
 from marlrun.runner import train
-from marlrun.sweep import rerun_unfinished, run_job, summarize_sweep, sweep_dirs
+from marlrun.sweep import job_outcomes, rerun_unfinished, run_job, summarize_sweep, sweep_dirs
 
 USAGE = """usage: marlrun <command> [options]
 
@@ -164,6 +164,8 @@ def _train(args: list[str]) -> int:
     outcome: dict = {}
     if not_bool := _not_a_boolean(args):
         return fail(not_bool)
+    if bad_sweeper := _sweeper_settings(args):
+        return fail(bad_sweeper)
 
     multirun = "-m" in args or "--multirun" in args
     if multirun and any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in args):
@@ -237,9 +239,24 @@ def _train(args: list[str]) -> int:
 
 
 def _sweep_exit() -> int:
-    """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish."""
+    """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish, or none ran."""
     failed = sum(summarize_sweep(d, console) for d in sweep_dirs if d.is_dir())
+    if not any(job_outcomes(d) for d in sweep_dirs if d.is_dir()):
+        fail("the sweep ran no job; check its sweeper settings (hydra.sweeper.*) and the values it sweeps")
+        return 1
     return 1 if failed else 0
+
+
+def _sweeper_settings(args: list[str]) -> str | None:
+    """Optuna's settings that would stop its sweep before any job (checked before anything runs)."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key == "hydra.sweeper.direction" and value.strip().lower() not in ("minimize", "maximize"):
+            return f"{arg}: the search's direction is minimize or maximize (of objective.metric)"
+        if key == "hydra.sweeper.n_trials" and not (value.strip().isdigit() and int(value) >= 1):
+            return f"{arg}: a search needs at least one trial (hydra.sweeper.n_trials >= 1)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
