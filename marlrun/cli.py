@@ -27,7 +27,7 @@ from marlrun.checkpoint import checkpoint_paths
 from marlrun.config import GROUPS, did_you_mean, known_keys, load_run_config, register_configs
 from marlrun.console import console
 from marlrun.errors import UserError, warn
-from marlrun.metrics import read_metrics
+from marlrun.metrics import cut_short_last_line, read_metrics
 from marlrun.runfolder import LOCK_FILE, check_sweep_folder, hydra_quoted, in_use, lock, refusal, release, unquoted
 from marlrun.runner import train
 from marlrun.sweep import job_outcomes, rerun_unfinished, run_job, summarize_sweep, sweep_dirs
@@ -107,6 +107,9 @@ def _resume_args(args: list[str]) -> list[str] | str:
     try:
         load_run_config(run_dir)  # a saved config that is not a marlrun config never reaches Hydra
         read_metrics(run_dir)
+        if cut_short_last_line(run_dir):
+            warn(f"{run_dir / 'metrics.jsonl'} ends with a record cut short (the run was killed while writing it); "
+                 "it is left out, and the resume writes that step's record again")
     except UserError as exc:
         return f"resume: {exc}"
     rest = [a for a in args if not a.startswith("resume=")]

@@ -91,6 +91,22 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def cut_short_last_line(run_dir: str | Path) -> bool:
+    """Whether ``metrics.jsonl`` ends with a record cut short (the one line ``read_metrics`` leaves out silently)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        last = path.read_bytes().rsplit(b"\n", 1)[-1]
+    except OSError:
+        return False
+    if not last.strip():
+        return False
+    try:
+        json.loads(last.decode("utf-8"))
+    except ValueError:
+        return True
+    return False
+
+
 class Logger:
     """Where a run's scalars go besides metrics.jsonl. Built before the run builds anything (a logger that cannot start
     says so then, in one line); started when metrics.jsonl opens; told every record; closed when the run ends."""
