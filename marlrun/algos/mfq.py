@@ -321,7 +321,15 @@ class MFQ(Algorithm):
         except UserError as exc:
             raise UserError(f"algo.opponent=frozen:{source}: {exc}") from None
         saved = state.get("algo", {}).get("teams", {}) if isinstance(state, dict) else {}
+        algo_name = ((state.get("config") or {}).get("algo") or {}).get("name", "?") if isinstance(state, dict) else "?"
+        if not saved:
+            raise UserError(f"algo.opponent=frozen:{source}: that is a run of algo={algo_name}, not of MF-Q; a frozen opponent is a "
+                            "learning team (mfq or iql) of another algo=mfq run")
         learners = [name for name, team in saved.items() if team.get("controller") in LEARNERS]
+        if not learners:
+            played = ", ".join(f"{name} by {team.get('controller')}" for name, team in saved.items())
+            raise UserError(f"algo.opponent=frozen:{source}: none of that run's teams learned ({played}); "
+                            "freeze a run whose controller or opponent was mfq or iql")
         if not source_team:
             source_team = team_name if team_name in learners else (learners[0] if len(learners) == 1 else "")
         if source_team not in learners:
