@@ -27,7 +27,7 @@ def assert_one_line_error(result, *needles):
     (["algo.bandwidth=1.5"], ["algo.bandwidth", "(0, 1]"]),
     (["algo.bandwidth=0"], ["algo.bandwidth"]),
     (["algo.window=0"], ["algo.window", ">= 1"]),
-    (["total_steps=-10"], ["total_steps", ">= 0"]),
+    (["total_steps=-10"], ["total_steps", ">= 1"]),
     (["algo.bandwith=0.2"], ["unknown config key 'algo.bandwith'"]),
     (["+algo.bandwith=0.2"], ["unknown config key 'algo.bandwith'"]),
     (["algo.window=wide"], ["window"]),

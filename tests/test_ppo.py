@@ -236,7 +236,7 @@ def test_configs_compose_and_validate(compose_cfg, overrides):
     ("algo.gae_lambda=1.5", "algo.gae_lambda: must be in [0, 1]"),
 ])
 def test_mistakes_are_one_line(tmp_path, capsys, override, says):
-    code = main(["train", "algo=mappo", override, f"hydra.run.dir={tmp_path / 'run'}", "total_steps=10", "progress=false", "print_config=false"])
+    code = main(["train", "algo=mappo", override, f"hydra.run.dir={tmp_path / 'run'}", "total_steps=1000", "progress=false", "print_config=false"])
     err = capsys.readouterr().err
     assert code != 0 and says in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("marlrun: error:")]) == 1
