@@ -132,7 +132,7 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     env, algo = built.env, built.algo
     try:
         try:
-            algo.load_state_dict(state["algo"])
+            algo.load_state_dict(state["algo"], generators=False)  # evaluation reseeds them: a run trained on another device plays here
         except (KeyError, ValueError, RuntimeError) as exc:
             raise UserError(f"{path} does not fit the run's config ({type(exc).__name__}); was .hydra/config.yaml edited?") from None
         frames: list = []

@@ -98,3 +98,17 @@ def test_eval_mistakes_are_one_line(tmp_path):
     assert_one_line_error(run_cli("eval", str(run), "render=yes", cwd=tmp_path), "render=yes", "true or false")
     assert_one_line_error(run_cli("eval", str(run), f"video={tmp_path / 'x.avi'}", cwd=tmp_path), ".gif or .mp4")
     assert_one_line_error(run_cli("eval", cwd=tmp_path), "one run folder")
+
+
+def test_eval_plays_a_run_whose_generator_state_came_from_another_device(tmp_path):
+    """A CUDA generator's state is 16 bytes, the CPU's 5056: evaluation reseeds the policy's generator, so a run
+    trained on a GPU evaluates on the CPU (and the reverse) with the training-time evaluation's numbers."""
+    import torch
+
+    run, summary = train_run(tmp_path, "super_ddqn-pursuit")
+    path = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    state = torch.load(path, weights_only=True)
+    state["algo"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # the shape of a CUDA generator's state
+    torch.save(state, path)
+    record, _ = eval_record(run, cwd=tmp_path)
+    assert record["metrics"] == {k: v for k, v in summary["evaluations"][-1].items() if k != "step"}

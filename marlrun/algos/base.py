@@ -96,11 +96,15 @@ class Algorithm:
         return {key: save_state(getattr(self, key), include_replay) for key in self.state_keys
                 if include_replay or key not in self.replay_keys}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, generators: bool = True) -> None:
+        """Restore ``state``; ``generators=False`` keeps this learner's own random generators (an evaluation reseeds
+        them anyway, and a generator's state from another device type does not fit: CUDA's is 16 bytes, the CPU's 5056)."""
         for key in self.state_keys:
             current = getattr(self, key)
             if key not in state and (key in self.replay_keys or current is None):
                 continue  # saved without replay (the buffers refill), or a part this config does not have
+            if not generators and isinstance(current, torch.Generator):
+                continue
             setattr(self, key, load_state(current, state[key]))
         self.loaded()
 
