@@ -54,6 +54,10 @@ RUN_STATE_KEYS = ("algo", "env_steps")  # what eval and frozen opponents read; a
 RESUME_KEYS = ("tracker", "recent_returns", "evals", "wall_time", "resumes", "torch_rng")
 
 
+OTHER_CHECKPOINT = ("Move it out of checkpoints/ to resume from the newest one left (keep_checkpoints > 1 keeps older ones), "
+                    "or evaluate another with marlrun eval RUN_DIR checkpoint=STEP")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, ...] = RUN_STATE_KEYS) -> dict:
     """Load with ``weights_only=True``; a missing or corrupt file, or one without the ``required`` keys, is a UserError."""
     try:
@@ -61,8 +65,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, .
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # truncated, not a torch file, or holds objects other than tensors and plain data
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not a marlrun checkpoint. Pick another one from {Path(path).parent}") from None
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not a marlrun checkpoint. {OTHER_CHECKPOINT}") from None
     missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
-        raise UserError(f"checkpoint {path} is not a marlrun checkpoint (it has no {', '.join(missing)}); pick another one from {Path(path).parent}")
+        raise UserError(f"checkpoint {path} is not a marlrun checkpoint (it has no {', '.join(missing)}). {OTHER_CHECKPOINT}")
     return state

@@ -104,6 +104,8 @@ CASES = [
     (["train", *TINY, "algo.sharing=most"], ["algo.sharing", "quantile"]),
     (["train", "algo=maddpg", "env=simple_adversary", "hardware=cpu", "algo.batch_size=2048", "algo.buffer_size=1000"], ["algo.batch_size"]),
     (["train", "junk"], ["'junk' is not an override", "key=value"]),
+    (["train", "experiment=mcmc_ising", "algo=qmix"], ["experiment=mcmc_ising sets algo.temperature", "QMIXConfig", "drop the algo= override"]),
+    (["train", "experiment=mappo_battle", "env=pursuit"], ["experiment=mappo_battle sets env.", "PursuitConfig"]),
     (["train", "algo=mfq", "env=battle", "env.map_size=16", "hardware=cpu", "hardware.num_envs=1", "total_steps=10", "progress=false",
       "algo.opponent=frozen:{root}/RUN"], ["algo.opponent=frozen:", "a run of algo=super_ddqn, not of MF-Q"]),
     (["train", "-m", *TINY, "hydra/sweeper=optuna", "hydra.sweeper.direction=sideways"], ["direction=sideways", "minimize or maximize"]),
