@@ -153,6 +153,16 @@ def train_main(args: list[str]) -> int:
         release()  # the run folders this process locked
 
 
+def _name_override(args: list[str]) -> str | None:
+    """``algo.name`` and ``env.name`` say what is built; they come with the group option (algo=qmix), never alone."""
+    for arg in args:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key in ("algo.name", "env.name"):
+            group = key.split(".")[0]
+            return f"{arg}: {key} names what is built and comes with {group}=NAME; choose the {group} with {group}={arg.partition('=')[2] or 'NAME'}"
+    return None
+
+
 def _not_a_boolean(args: list[str]) -> str | None:
     """A yes/no key given anything but true or false (OmegaConf would take 2 or "yes" as true)."""
     flags = set(known_keys("bool"))
@@ -170,6 +180,8 @@ def _train(args: list[str]) -> int:
 
     register_configs()
     outcome: dict = {}
+    if renamed := _name_override(args):
+        return fail(renamed)
     if not_bool := _not_a_boolean(args):
         return fail(not_bool)
     if bad_sweeper := _sweeper_settings(args):

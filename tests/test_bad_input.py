@@ -104,6 +104,8 @@ CASES = [
     (["train", *TINY, "algo.sharing=most"], ["algo.sharing", "quantile"]),
     (["train", "algo=maddpg", "env=simple_adversary", "hardware=cpu", "algo.batch_size=2048", "algo.buffer_size=1000"], ["algo.batch_size"]),
     (["train", "junk"], ["'junk' is not an override", "key=value"]),
+    (["train", "env=simple_adversary", "env.name=simple_spread"], ["env.name=simple_spread", "env=NAME", "env=simple_spread"]),
+    (["train", "algo.name=qmix"], ["algo.name names what is built", "algo=qmix"]),
     (["train", "experiment=mcmc_ising", "algo=qmix"], ["experiment=mcmc_ising sets algo.temperature", "QMIXConfig", "drop the algo= override"]),
     (["train", "experiment=mappo_battle", "env=pursuit"], ["experiment=mappo_battle sets env.", "PursuitConfig"]),
     (["train", "algo=mfq", "env=battle", "env.map_size=16", "hardware=cpu", "hardware.num_envs=1", "total_steps=10", "progress=false",
