@@ -70,8 +70,6 @@ def test_a_run_folder_has_one_owner_and_a_dead_owner_does_not_hold_it(tmp_path):
         holder.wait()
     resumed = run_cli("train", f"resume={run}", "total_steps=400", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    said = [line for line in resumed.stderr.splitlines() if line.startswith("marlrun: warning:")]
-    assert len(said) == 1 and "cut short" in said[0]  # the dropped record is named, in one line
     assert [r["step"] for r in read_metrics(run)] == [100, 200, 300, 400]
 
 
