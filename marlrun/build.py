@@ -22,7 +22,7 @@ from marlrun.algos.base import Algorithm
 from marlrun.config import validate
 from marlrun.envs.base import VecEnv
 from marlrun.errors import UserError, warn
-from marlrun.hardware import HardwareConfig, setup, torch_threads
+from marlrun.hardware import HardwareConfig, explain, setup, torch_threads
 from marlrun.registry import check_compatible, entry
 
 
@@ -79,6 +79,7 @@ class BuiltRun:
     precision: str  # what hardware.precision resolved to for this algorithm here
     env: VecEnv
     algo: Algorithm | None  # None when built without one (bench's raw environment cases)
+    hardware: dict  # what runs and why (hardware.explain): device, precision, torch threads
 
     def close(self) -> None:
         self.env.close()
@@ -113,7 +114,9 @@ def build_run(cfg: DictConfig, *, seed: int | None = None, env_copies: int | Non
     except BaseException:
         env.close()
         raise
-    return BuiltRun(cfg, resolved, precision, env, algo)
+    auto_bf16 = entry("algo", cfg.algo.name).cls.auto_bf16
+    what = explain(hardware, resolved, precision, torch.get_num_threads(), env.worker_processes, auto_bf16)
+    return BuiltRun(cfg, resolved, precision, env, algo, what)
 
 
 class out_of_memory_is_a_user_error:

@@ -70,7 +70,7 @@ class RunConfig:
     save_replay: bool = True  # checkpoints include the replay buffers, so a resumed run continues exactly
     resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`; do not set by hand
     progress: bool = True  # rich progress bar
-    print_config: bool = True  # print the composed config at start
+    print_config: bool = True  # print at start what runs where and why (device, precision, threads) and the composed config
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # where the scalars go besides metrics.jsonl (always written): tensorboard | wandb (offline into <run>/wandb unless logged in) | mlflow (outputs/mlruns/mlflow.db unless MLFLOW_TRACKING_URI is set)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what a hyperparameter search (hydra/sweeper=optuna) optimises
 

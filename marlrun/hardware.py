@@ -174,6 +174,36 @@ def resolve_precision(name: str, device: torch.device, auto_bf16: bool = True) -
     return name
 
 
+def explain(hardware: HardwareConfig, device: torch.device, precision: str, threads: int, env_workers: int,
+            auto_bf16: bool = True) -> dict[str, str]:
+    """What runs and why: the device, the precision and the torch threads, each with the reason ``auto`` (or the
+    setting) chose it, for the start banner, summary.json and TensorBoard."""
+    units = ", ".join(cpu_bf16_units()) or "no bf16 units"
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        where = f"cpu ({cpu_model()}; {available_cores()} cores; {units})"
+    if hardware.precision != "auto":
+        why_precision = f"hardware.precision={hardware.precision}"
+    elif device.type == "cuda":
+        why_precision = "auto: fp32 on a GPU (matmuls in TF32): these small networks are bound by kernel launches, not arithmetic"
+    elif not auto_bf16:
+        why_precision = "auto: this algorithm's networks are too small for bf16 to pay"
+    elif precision == "bf16":
+        why_precision = f"auto: this CPU's bf16 matmuls are the faster ({units})"
+    else:
+        why_precision = f"auto: fp32, this CPU's bf16 matmuls are not the faster ({units})"
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if hardware.torch_threads:
+        why_threads = f"hardware.torch_threads={hardware.torch_threads}"
+    elif omp.isdigit() and int(omp) > 0:
+        why_threads = f"OMP_NUM_THREADS={omp}"
+    else:
+        why_threads = f"auto: the {available_cores()} cores this process may use, less {env_workers} environment worker process(es), 1 to 4"
+    return {"device": where, "precision": precision, "precision_why": why_precision, "torch_threads": str(threads),
+            "torch_threads_why": why_threads}
+
+
 def allow_tf32(device: torch.device) -> None:
     """fp32 matmuls and convolutions in TF32 on CUDA GPUs that have it (process-wide)."""
     if device.type == "cuda":

@@ -35,6 +35,12 @@ def next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval
 
 
+def banner(cfg: DictConfig, hardware: dict) -> str:
+    """One line on what runs where, and why ``auto`` chose it."""
+    return (f"[bold]{cfg.algo.name} on {cfg.env.name}[/], seed {cfg.seed}, {cfg.total_steps:,} env steps: {hardware['device']}; "
+            f"{hardware['precision']} ({hardware['precision_why']}); {hardware['torch_threads']} torch threads ({hardware['torch_threads_why']})")
+
+
 def config_tree(cfg: DictConfig) -> Tree:
     tree = Tree("[bold]config")
     for key, value in cfg.items():
@@ -161,12 +167,15 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
 
     built = build_run(cfg, env_stream=0 if resumes == 0 else 1 + resumes, parallel_jobs=parallel_jobs)
     algo, env, device, precision = built.algo, built.env, built.device, built.precision
+    if cfg.print_config:
+        console.print(banner(cfg, built.hardware), soft_wrap=True)
     run = None
     summary = None
     try:
         if cfg.print_config and not checkpoint:  # once the config is known to make sense
             console.print(config_tree(cfg))
         run = Run(cfg, run_dir, algo, env, device, precision, resumes)
+        run.hardware = built.hardware
         if checkpoint:
             run.restore(checkpoint)
         run.open_writer(loggers, resumed=checkpoint is not None)
@@ -203,6 +212,7 @@ class Run:
         self.wall_before = 0.0  # seconds trained before this process (in earlier runs of a resumed run)
         self.writer: MetricWriter | None = None
         self.eval_env = None  # built at the first evaluation
+        self.hardware: dict = {}  # what runs and why (hardware.explain)
         self.ep_return = torch.zeros(env.num_envs, env.spec.n_agents, device=device)
         self.ep_length = torch.zeros(env.num_envs, device=device)
 
@@ -222,6 +232,8 @@ class Run:
 
     def open_writer(self, loggers: list, resumed: bool) -> None:
         self.writer = MetricWriter(self.run_dir, resume_step=self.env_steps if resumed else None, loggers=loggers)
+        if self.writer.tb is not None:  # what ran and why, beside the scalars (TensorBoard's text tab)
+            self.writer.tb.add_text("run/hardware", "\n\n".join(f"**{k}**: {v}" for k, v in self.hardware.items()), self.env_steps)
 
     def close(self, failed: bool) -> None:
         if self.writer is not None:
@@ -284,7 +296,7 @@ class Run:
         return {
             "status": f"stopped by {stopped}" if stopped else "finished",
             "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
-            "device": str(self.device), "precision": self.precision, "torch_threads": torch.get_num_threads(),
+            "device": str(self.device), "precision": self.precision, "torch_threads": torch.get_num_threads(), "hardware": self.hardware,
             "env_steps": self.env_steps, "total_steps": cfg.total_steps, "wall_time_s": round(wall, 2),
             "steps_per_sec": round(self.env_steps / wall, 1) if wall > 0 else None,
             "final_train_return": float(np.mean(list(self.recent))) if self.recent else None,

@@ -158,3 +158,21 @@ def test_maddpg_trains_on_pursuit_with_one_batched_group(compose_cfg, tmp_path):
     last = read_metrics(tmp_path)[-1]
     assert "train/critic_loss" in last and "eval/episode_return/pursuer_1" in last
     assert "train/team_return/pursuer" not in last  # one team: its return is the mean return
+
+
+def test_the_run_says_what_ran_where_and_why(tmp_path):
+    """The start banner, summary.json and TensorBoard's text tab name the device, the precision and the torch threads,
+    with the reason for each (the setting, or what ``auto`` found)."""
+    run = tmp_path / "run"
+    result = run_cli("train", *SMALL_PURSUIT, "print_config=true", "hardware.torch_threads=1", "hardware.precision=fp32",
+                     "total_steps=200", "log_interval=100", "eval_episodes=0", "algo.buffer_size=500", "algo.learning_starts=100",
+                     f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    banner = " ".join(result.stderr.split())
+    assert "super_ddqn on pursuit, seed 0, 200 env steps: cpu (" in banner
+    assert "fp32 (hardware.precision=fp32)" in banner and "1 torch threads (hardware.torch_threads=1)" in banner
+    said = json.loads((run / "summary.json").read_text())["hardware"]
+    assert said["precision"] == "fp32" and said["torch_threads"] == "1" and said["device"].startswith("cpu (")
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("run/hardware/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "hardware.precision=fp32" in text and "hardware.torch_threads=1" in text
