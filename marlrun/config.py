@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import re
 import io
 import math
 import tokenize
@@ -53,6 +54,17 @@ class ObjectiveConfig:
         require(self.aggregate in AGGREGATES, "objective.aggregate", f"unknown aggregation '{self.aggregate}'; pick one of {', '.join(AGGREGATES)}")
 
 
+def parse_duration(text) -> float | None:
+    """Seconds in ``3600``, ``90m``, ``2h30m``, ``1d``, ``45s`` (None when it is none of these, or not above 0)."""
+    text = str(text).strip().lower()
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+    if not text or not match:
+        return None
+    d, h, m, s = (float(x) if x else 0.0 for x in match.groups())
+    seconds = ((d * 24 + h) * 60 + m) * 60 + s
+    return seconds if seconds > 0 else None
+
+
 @dataclass
 class RunConfig:
     """Run-level keys: the run's length, what it logs, evaluates and keeps (conf/config.yaml composes the rest)."""
@@ -69,6 +81,7 @@ class RunConfig:
     keep_checkpoints: int = 1  # newest checkpoints kept in <run>/checkpoints/ (each is written in full before the older one goes)
     save_replay: bool = True  # checkpoints include the replay buffers, so a resumed run continues exactly
     resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`; do not set by hand
+    time_limit: Optional[str] = None  # stop this process's training after this long, with a checkpoint and status "stopped by time_limit" (resume continues it): seconds, or 90m, 2h30m, 1d (null: no limit)
     progress: bool = True  # rich progress bar
     print_config: bool = True  # print at start what runs where and why (device, precision, threads) and the composed config
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # where the scalars go besides metrics.jsonl (always written): tensorboard | wandb (offline into <run>/wandb unless logged in) | mlflow (outputs/mlruns/mlflow.db unless MLFLOW_TRACKING_URI is set)
@@ -77,6 +90,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, 2**63 - 1], got {self.seed}")
         require(self.total_steps >= 1, "total_steps", f"must be >= 1, got {self.total_steps}")
+        require(self.time_limit is None or parse_duration(self.time_limit) is not None, "time_limit",
+                f"'{self.time_limit}' is not a duration; give seconds (3600) or hours, minutes, seconds (2h30m, 90m, 45s)")
         require(self.log_interval >= 1, "log_interval", "must be >= 1")
         require(self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
         require(self.eval_episodes >= 0, "eval_episodes", "must be >= 0")

@@ -19,7 +19,7 @@ from rich.tree import Tree
 from marlrun.algos.base import Algorithm
 from marlrun.build import build_run, env_seed, make_env
 from marlrun.checkpoint import RESUME_KEYS, RUN_STATE_KEYS, checkpoint_paths, load_checkpoint, remove_stale_temp_files, save_checkpoint
-from marlrun.config import validate
+from marlrun.config import parse_duration, validate
 from marlrun.console import console
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
@@ -183,7 +183,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         write_json(run_dir / SUMMARY_FILE, summary)
         print_summary(summary)
         if summary["status"] != "finished":
-            console.print(f"[yellow]{summary['status']}[/] at env step {summary['env_steps']:,}; continue with: marlrun train resume={quoted(run_dir)}")
+            console.print(f"[yellow]{summary['status']}[/] at env step {summary['env_steps']:,}; continue with: marlrun train resume={quoted(run_dir)}", soft_wrap=True)
         return summary
     except Diverged as exc:
         kept = checkpoint_paths(run_dir)
@@ -252,6 +252,7 @@ class Run:
         self.start = time.perf_counter()
         self.interval_start, self.interval_steps, self.interval_updates = self.start, 0, algo.gradient_steps
         stopped = None
+        limit = parse_duration(cfg.time_limit) if cfg.time_limit else None
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -275,6 +276,8 @@ class Run:
                 self.count_episodes(step)
 
                 finished = self.env_steps >= cfg.total_steps
+                if limit is not None and not stop.received and time.perf_counter() - self.start >= limit:
+                    stop.received = "time_limit"  # this step is observed, logged and checkpointed as a signal's is
                 if finished or stop.received or self.env_steps >= min(self.next_log, self.next_ckpt):
                     self.tracker.add(algo.observe(*unobserved))  # so logs and checkpoints see every step
                     unobserved = None
@@ -428,7 +431,7 @@ def non_finite_state(algo: Algorithm) -> str | None:
 # what a resume may change: how long the run goes on, what it logs, evaluates and keeps, where its scalars go, and how
 # the machine steps it (threads and worker processes change no number). Everything else makes it another experiment.
 RESUMABLE = ("total_steps", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints", "save_replay", "progress",
-             "print_config", "loggers", "objective", "resume", "hardware.torch_threads", "hardware.env_workers")
+             "print_config", "loggers", "objective", "time_limit", "resume", "hardware.torch_threads", "hardware.env_workers")
 
 
 def flat(config: dict, prefix: str = "") -> dict:

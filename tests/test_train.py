@@ -176,3 +176,18 @@ def test_the_run_says_what_ran_where_and_why(tmp_path):
     events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
     text = events.Tensors("run/hardware/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "hardware.precision=fp32" in text and "hardware.torch_threads=1" in text
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL_PURSUIT, "hardware.torch_threads=1", "log_interval=50", "eval_episodes=0", "algo.buffer_size=500", "algo.learning_starts=100"]
+    stopped = run_cli("train", *args, "total_steps=10000000", "time_limit=2s", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stderr  # stopped, not finished: a resume continues it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped by time_limit" and 0 < summary["env_steps"] < 10_000_000
+    assert checkpoint_paths(run) and load_checkpoint(checkpoint_paths(run)[-1])["env_steps"] == summary["env_steps"]
+    total = summary["env_steps"] + 100
+    resumed = run_cli("train", f"resume={run}", f"total_steps={total}", "time_limit=null", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == total  # every logged step once
