@@ -21,24 +21,20 @@ from marlrun.report.runs import BOOKKEEPING_KEYS, Group, format_value, group_run
 from marlrun.report.stats import add_reliable_statistics, analyse, choose_metrics, profiles
 
 # ---------------------------------------------------------------------------- command line
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _int_at_least(lowest: int):
+    """An argparse type: a whole number >= ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {value}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_non_negative_int, _positive_int = _int_at_least(0), _int_at_least(1)
 
 
 def parser() -> argparse.ArgumentParser:
