@@ -17,10 +17,10 @@ from marlrun.algos.ppo import PPO, MAPPOConfig, PPOConfig
 from marlrun.algos.qmix import QMIX, QMIXConfig
 from marlrun.algos.super_ddqn import SuperDDQN, SuperDDQNConfig
 from marlrun.envs.base import EnvSpec
-from marlrun.envs.battle import BattleConfig, make_battle
-from marlrun.envs.ising import IsingConfig, make_ising
-from marlrun.envs.pursuit import PursuitConfig, make_pursuit
-from marlrun.envs.simple_adversary import SimpleAdversaryConfig, make_simple_adversary
+from marlrun.envs.battle import BattleConfig, battle_spec, make_battle
+from marlrun.envs.ising import IsingConfig, ising_spec, make_ising
+from marlrun.envs.pursuit import PursuitConfig, make_pursuit, pursuit_env_spec
+from marlrun.envs.simple_adversary import SimpleAdversaryConfig, make_simple_adversary, simple_adversary_spec
 from marlrun.errors import UserError
 
 
@@ -32,6 +32,7 @@ class AlgorithmEntry(NamedTuple):
 class EnvironmentEntry(NamedTuple):
     config: type  # the dataclass schema of env.*
     make: Callable  # make(config, num_envs, num_workers, seed, device) -> VecEnv
+    spec: Callable  # spec(config) -> EnvSpec, without building the copies (the memory check sizes the learner with it)
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
@@ -45,10 +46,10 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
 }
 
 ENVIRONMENTS: dict[str, EnvironmentEntry] = {
-    "pursuit": EnvironmentEntry(PursuitConfig, make_pursuit),
-    "simple_adversary": EnvironmentEntry(SimpleAdversaryConfig, make_simple_adversary),
-    "ising": EnvironmentEntry(IsingConfig, make_ising),
-    "battle": EnvironmentEntry(BattleConfig, make_battle),
+    "pursuit": EnvironmentEntry(PursuitConfig, make_pursuit, pursuit_env_spec),
+    "simple_adversary": EnvironmentEntry(SimpleAdversaryConfig, make_simple_adversary, simple_adversary_spec),
+    "ising": EnvironmentEntry(IsingConfig, make_ising, ising_spec),
+    "battle": EnvironmentEntry(BattleConfig, make_battle, battle_spec),
 }
 
 KINDS = {"algo": ALGORITHMS, "env": ENVIRONMENTS}

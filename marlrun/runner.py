@@ -20,7 +20,7 @@ from marlrun.algos.base import Algorithm
 from marlrun.build import build_run, env_seed, make_env
 from marlrun.checkpoint import RESUME_KEYS, RUN_STATE_KEYS, checkpoint_paths, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from marlrun.config import parse_duration, validate
-from marlrun.console import console
+from marlrun.console import console, taking_long
 from marlrun.envs.vector import EnvWorkerDied
 from marlrun.errors import UserError
 from marlrun.hardware import resolve_device
@@ -53,6 +53,9 @@ def config_tree(cfg: DictConfig) -> Tree:
     return tree
 
 
+TWICE = "Ctrl-C (or SIGTERM) stops the run after it, twice stops it at once"
+
+
 class StopSignal:
     """Turns SIGINT/SIGTERM into a flag the loop checks, so the run can stop with a checkpoint."""
 
@@ -70,6 +73,8 @@ class StopSignal:
         if self.received is not None:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        console.print(f"marlrun: {self.received}: stopping after this step with a checkpoint; send it again to stop at once",
+                      soft_wrap=True, markup=False, highlight=False)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -165,7 +170,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
         save_resolved_config(cfg, run_dir)
     loggers = make_loggers(cfg, run_dir)  # each checked now (installed, tracking store usable): one line, before anything is built
 
-    built = build_run(cfg, env_stream=0 if resumes == 0 else 1 + resumes, parallel_jobs=parallel_jobs)
+    built = build_run(cfg, env_stream=0 if resumes == 0 else 1 + resumes, parallel_jobs=parallel_jobs, eval_copies=cfg.eval_episodes)
     algo, env, device, precision = built.algo, built.env, built.device, built.precision
     if cfg.print_config:
         console.print(banner(cfg, built.hardware), soft_wrap=True)
@@ -258,7 +263,8 @@ class Run:
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, disable=not cfg.progress, refresh_per_second=4,
         )
-        with StopSignal() as stop, progress:
+        first_step = taking_long("the first step of training", TWICE)
+        with StopSignal() as stop, progress, first_step:
             task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=self.env_steps, speed="-", ret="-")
             unobserved = None  # the last step's transitions, handed to the algorithm while the next step runs
             while self.env_steps < cfg.total_steps:
@@ -274,6 +280,7 @@ class Run:
                 self.env_steps += env.num_envs
                 self.interval_steps += env.num_envs
                 self.count_episodes(step)
+                first_step.done()  # its notice, if it has not come, will not
 
                 finished = self.env_steps >= cfg.total_steps
                 if limit is not None and not stop.received and time.perf_counter() - self.start >= limit:
@@ -360,7 +367,8 @@ class Run:
     def evaluate(self) -> dict[str, float]:
         if self.eval_env is None:
             self.eval_env = make_env(self.cfg, self.cfg.eval_episodes, env_seed(self.cfg.seed, 1), self.device)
-        result = evaluate(self.algo, self.eval_env, self.env_steps, seed=env_seed(self.cfg.seed, 1))
+        with taking_long(f"evaluating {self.cfg.eval_episodes:,} episodes at env step {self.env_steps:,}", TWICE):
+            result = evaluate(self.algo, self.eval_env, self.env_steps, seed=env_seed(self.cfg.seed, 1))
         self.evals.append({"step": self.env_steps, **result})
         return result
 

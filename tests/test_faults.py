@@ -240,3 +240,38 @@ def test_a_killed_joblib_worker_does_not_end_the_sweep(tmp_path):
     assert "rerunning job 1" in out
     for job in range(2):
         assert [r["step"] for r in read_metrics(sweep / str(job))][-1] == 2000
+
+
+def test_a_step_that_never_ends_says_so_and_a_second_sigterm_stops_it_at_once(tmp_path):
+    """A step the config made huge (an MCMC step of a billion sweeps): the first SIGTERM says it will stop after the
+    step; the second stops the run at once (exit 130), as a double Ctrl-C does."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", "algo=mcmc", "env=ising", "env.L=16", "algo.sweeps=1000000000",
+                             "hardware=cpu", "progress=false", "print_config=false", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(run.glob("events.out.tfevents.*")) and time.time() < deadline:  # the loop starts once the writer is open
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    assert proc.poll() is None  # still in its step
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=20)[1]
+    assert proc.returncode == 130, err
+    assert "SIGTERM: stopping after this step with a checkpoint; send it again to stop at once" in err
+    assert "Traceback" not in err
+
+
+def test_a_slow_step_says_so_once(monkeypatch, capsys):
+    from marlrun import console as console_module
+    from marlrun.console import taking_long
+
+    monkeypatch.setattr(console_module, "SLOW_AFTER_S", 0.05)
+    with taking_long("building 4 copies of env=battle"):
+        time.sleep(0.3)
+    with taking_long("a quick step"):
+        pass
+    time.sleep(0.1)
+    err = capsys.readouterr().err
+    assert err.count("marlrun:") == 1 and "building 4 copies of env=battle has taken 0 s so far; Ctrl-C stops it" in err

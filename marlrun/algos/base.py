@@ -53,16 +53,23 @@ class Algorithm:
     state_keys: ClassVar[tuple[str, ...]] = ()  # the attributes that make up the learner's state, as checkpoints hold it
     replay_keys: ClassVar[tuple[str, ...]] = ("replay",)  # of those, what a checkpoint leaves out with save_replay=false
     gradient_steps: int = 0  # gradient steps taken so far (per agent), for the updates/s figure
+    # the keys that size each attribute, named when a run would not fit in memory (build.check_memory)
+    memory_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: Any, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         self.cfg, self.spec, self.num_envs, self.device, self.precision = cfg, spec, num_envs, device, precision
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator(device="cpu" if device.type == "meta" else device).manual_seed(seed)  # meta: a size estimate (build.learner_bytes)
 
     @classmethod
     def check_run(cls, cfg: Any, total_steps: int, num_envs: int) -> None:
         """A UserError when this algorithm, so configured, could not do what the run asks of it in ``total_steps``
         env steps of ``num_envs`` copies (no update would ever happen, a schedule that ends before the run does...).
         Called before anything is built; the schema checks what it can on its own."""
+
+    @classmethod
+    def planned_bytes(cls, cfg: Any, spec: EnvSpec, num_envs: int) -> dict[str, int]:
+        """Bytes it will collect as it runs beyond what it holds when built (an on-policy rollout), per attribute."""
+        return {}
 
     @classmethod
     def ineffective(cls, cfg: Any, spec: EnvSpec) -> list[str]:

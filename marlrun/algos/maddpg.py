@@ -131,6 +131,7 @@ class MADDPG(Algorithm):
         return [f"algo.{key}={getattr(cfg, key)} has no effect with algo.continuous_policy=noise (continuous actions)"
                 for key in ("gumbel_temperature", "gumbel_hard") if cfg.continuous_policy == "noise" and set_by_user(cfg, key)]
 
+    memory_keys = {"replay": "algo.buffer_size (joint replay)", "nets": "algo.hidden (actors and critics)"}
     def __init__(self, cfg: MADDPGConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents

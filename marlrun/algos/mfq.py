@@ -175,6 +175,7 @@ class MFQ(Algorithm):
             unused.append(f"algo.opponent={cfg.opponent} has no effect: env={spec.name} has one team, played by algo.controller")
         return unused
 
+    memory_keys = {"teams": "algo.buffer_size, algo.obs_hidden, algo.hidden (each learning team's replay and networks)"}
     def __init__(self, cfg: MFQConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_actions = spec.n_actions

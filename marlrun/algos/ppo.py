@@ -269,6 +269,19 @@ class PPO(Algorithm):
                             "the run ends and the rest of it learns nothing; leave algo.anneal_steps at its default (total_steps), or "
                             "algo.lr_anneal=false (a resumed run keeps its anneal_steps: an annealed run cannot learn past them)")
 
+    @classmethod
+    def planned_bytes(cls, cfg: PPOConfig, spec: EnvSpec, num_envs: int) -> dict[str, int]:
+        """The rollout it collects before each update: every step's observations and successors (and the critic's
+        shared inputs, for a central critic), float32."""
+        obs = math.prod(spec.obs_shape)
+        shared = 0
+        if cfg.critic == "central":
+            shared = math.prod(spec.state_shape) if "state" in spec.capabilities else sum(spec.agent_obs_sizes or (obs,) * spec.n_agents)
+        per_step = num_envs * 4 * (2 * spec.n_agents * obs + 2 * shared + 8 * spec.n_agents)
+        return {"rollout": cfg.rollout_steps * per_step}
+
+    memory_keys = {"rollout": "algo.rollout_steps x hardware.num_envs (the rollout)", "actors": "algo.hidden, algo.conv_channels (the networks)",
+                   "critics": "algo.hidden, algo.conv_channels (the networks)", "optimizer": "algo.hidden, algo.conv_channels (the networks)"}
     def __init__(self, cfg: PPOConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.central = cfg.critic == "central"

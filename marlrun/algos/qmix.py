@@ -137,6 +137,9 @@ class QMIX(Algorithm):
     state_keys = ("agents", "target_agents", "mixer", "target_mixer", "optimizer", "generator", "pending_updates", "gradient_steps",
                   "last_target_update", "reward_norm", "replay")
 
+    memory_keys = {"replay": "algo.buffer_size (joint replay)", "mixer": "algo.mixing_embed, algo.hypernet_embed (the mixer)",
+                   "target_mixer": "algo.mixing_embed, algo.hypernet_embed (the mixer)", "agents": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)",
+                   "target_agents": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "optimizer": "the optimizer's moments (every network's size)"}
     def __init__(self, cfg: QMIXConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents

@@ -51,6 +51,13 @@ class BattleConfig:
         require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
         require(self.view_radius >= 0, "env.view_radius", "must be >= 0")
 
+    def footprint(self, num_envs: int) -> tuple[int, str]:
+        """At least how many bytes ``num_envs`` copies hold (each copy's map layers and its agents' 13x13 views, the
+        library's and the adapter's), and the keys that size them."""
+        agents = 2 * int(self.map_size ** 2 * 0.04)
+        view = 13 * 13 * (5 + 4 * self.minimap_mode) * 4
+        return (self.map_size ** 2 * 8 * 4 + agents * view * 2) * num_envs, f"env.map_size={self.map_size:,} ({agents:,} agents)"
+
 TEAMS = ("red", "blue")
 BATTLE_SIZE = 480  # frames: about this many pixels per side of the map (at least 2 per cell)
 

@@ -58,6 +58,13 @@ class IsingConfig:
                 f"unknown observation '{self.observation}'; pick one of {', '.join(OBSERVATIONS)}")
         require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
 
+    def footprint(self, num_envs: int) -> tuple[int, str]:
+        """At least how many bytes ``num_envs`` copies hold (each copy's spins, observations, rewards and masks; the
+        neighbour tables once), and the keys that size them."""
+        spins = self.L ** self.dims
+        per_copy = spins * (8 + 4 * (self.neighbours + 1) + 4 + 2)
+        return per_copy * num_envs + spins * (self.neighbours + 1) * 16, f"env.L={self.L:,} ({spins:,} spins)"
+
 
 def _validate_lattice(dims: int, L: int, neighbours: int) -> None:
     if dims not in NEIGHBOURS:

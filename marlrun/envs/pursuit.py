@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from pettingzoo.sisl import pursuit_v5
-from pettingzoo.sisl.pursuit.utils.two_d_maps import rectangle_map
 
-from marlrun.envs.pursuit_native import PursuitNativeVecEnv, draw_pursuit, pettingzoo_state, pursuit_spec
+from marlrun.envs.base import EnvSpec
+from marlrun.envs.pursuit_native import PursuitNativeVecEnv, draw_pursuit, native_spec, pettingzoo_state, pursuit_spec
 from marlrun.envs.vector import PettingZooVecEnv
 from marlrun.errors import require
 
@@ -75,6 +75,13 @@ class PursuitConfig:
                           "set env.surround=false to catch with n_catch pursuers on its cell")
         return unused
 
+    def footprint(self, num_envs: int) -> tuple[int, str]:
+        """At least how many bytes ``num_envs`` copies hold (each copy's grid layers and its pursuers' two views; the
+        map's index tables once), and the keys that size them."""
+        cells = (self.x_size + 2) * (self.y_size + 2)
+        views = self.n_pursuers * self.obs_range ** 2 * 3 * 4 * 2
+        return (cells * 16 + views) * num_envs + cells * 40, f"env.x_size x env.y_size = {self.x_size:,} x {self.y_size:,} cells"
+
     def library_kwargs(self) -> dict:
         """The keyword arguments of ``pursuit_v5.parallel_env`` (every one, so none falls back to the library's default)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "backend")}
@@ -103,13 +110,21 @@ class PursuitPettingZooVecEnv(PettingZooVecEnv):
 
 def start_window_room(x_size: int, y_size: int, constraint_window: float) -> int:
     """Open cells (not the central building of the library's ``rectangle_map``) in the worst start window a reset can
-    draw: ``floor(side * constraint_window)`` cells per side, anywhere on the map."""
+    draw: ``floor(side * constraint_window)`` cells per side, anywhere on the map. The building is the cells whose row
+    and column are both inside its band, so the worst window covers as much of each band as its side allows; counted
+    per side, without the map (a 100,000-cell side costs nothing)."""
     wx, wy = int(x_size * constraint_window), int(y_size * constraint_window)
     if wx < 1 or wy < 1:
         return 0
-    open_cells = np.pad((rectangle_map(x_size, y_size) != -1).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = open_cells[wx:, wy:] - open_cells[:-wx, wy:] - open_cells[wx:, :-wy] + open_cells[:-wx, :-wy]
-    return int(sums.min())
+    bx, by = building_band(x_size, 0.3), building_band(y_size, 0.2)
+    return wx * wy - min(wx, bx) * min(wy, by)
+
+
+def building_band(size: int, buffer: float) -> int:
+    """Rows (or columns) of ``rectangle_map``'s building along a side of ``size`` cells: i / size strictly between
+    ``buffer`` and ``1 - buffer``, as the library computes it."""
+    i = np.arange(size, dtype=np.float64) / size
+    return int(((i > buffer) & (i < 1.0 - buffer)).sum())
 
 
 def most_agents_apart(room: int) -> int:
@@ -123,5 +138,9 @@ def make_pursuit(cfg: PursuitConfig, num_envs: int, num_workers: int, seed: int,
     processes) or marlrun's batched torch re-implementation on ``device`` (``backend="native"``)."""
     if cfg.backend == "native":
         return PursuitNativeVecEnv(cfg, num_envs, seed, device)
-    spec = pursuit_spec(cfg)
-    return PursuitPettingZooVecEnv(PursuitFactory(**cfg.library_kwargs()), spec, num_envs, num_workers, seed, device)
+    return PursuitPettingZooVecEnv(PursuitFactory(**cfg.library_kwargs()), pursuit_env_spec(cfg), num_envs, num_workers, seed, device)
+
+
+def pursuit_env_spec(cfg: PursuitConfig) -> EnvSpec:
+    """The spec of the copies ``make_pursuit`` builds: the native backend adds the global state."""
+    return native_spec(cfg) if cfg.backend == "native" else pursuit_spec(cfg)

@@ -92,6 +92,12 @@ def draw_pursuit(building: np.ndarray, pursuers: np.ndarray, evaders: np.ndarray
     return img
 
 
+def native_spec(cfg) -> EnvSpec:
+    """The native backend's spec: pursuit_v5's, with the global state (the whole map, [y_size, x_size, 3])."""
+    spec = pursuit_spec(cfg)
+    return dataclasses.replace(spec, capabilities=spec.capabilities | {"state"}, state_shape=(cfg.y_size, cfg.x_size, 3))
+
+
 def rectangle_map(x_size: int, y_size: int, xb: float = 0.3, yb: float = 0.2) -> np.ndarray:
     """The obstacle of pursuit_v5 (``two_d_maps.rectangle_map``): bool [x_size, y_size], True = obstacle."""
     fx = np.arange(x_size, dtype=np.float64) / x_size
@@ -429,8 +435,7 @@ class PursuitNativeVecEnv(VecEnv):
     def __init__(self, cfg, num_envs: int, seed: int, device: torch.device | str = "cpu"):
         """``cfg``: a ``PursuitConfig`` (marlrun/envs/pursuit.py)."""
         self.cfg = cfg
-        spec = pursuit_spec(cfg)
-        self.spec: EnvSpec = dataclasses.replace(spec, capabilities=spec.capabilities | {"state"}, state_shape=(cfg.y_size, cfg.x_size, 3))
+        self.spec: EnvSpec = native_spec(cfg)
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
         self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **cfg.library_kwargs())

@@ -59,6 +59,11 @@ class SimpleAdversaryConfig:
         require(self.max_cycles >= 1, "env.max_cycles", "must be >= 1")
         require(self.success_radius > 0, "env.success_radius", "must be > 0")
 
+    def footprint(self, num_envs: int) -> tuple[int, str]:
+        """At least how many bytes ``num_envs`` copies hold (every agent's observation of all others, twice), and the
+        keys that size them."""
+        return (self.N + 1) * (2 + 4 * self.N) * 4 * 2 * num_envs, f"env.N={self.N:,} ({self.N + 1:,} agents)"
+
 
 def squared_distance_reward(agent, world) -> float:
     """openai's adversary reward: minus the squared distance to the target landmark."""
