@@ -69,8 +69,10 @@ def _hydra_message(exc: BaseException) -> str:
     preset = re.match(r"In '(experiment/[^']+)': ConfigKeyError raised while composing config:.*?full_key: (\S+) object_type=(\w+)", " ".join(str(exc).split()))
     if preset:  # a preset that sets keys of another algorithm or environment than the one chosen
         where, key, schema = preset.groups()
-        return (f"{where.replace('/', '=')} sets {key}, which {schema} (the {key.split('.')[0]} in use) does not have: the preset is "
-                f"made for another {key.split('.')[0]}; drop the {key.split('.')[0]}= override, or give the keys yourself instead of the preset")
+        group = key.split('.')[0]
+        return (f"{where.replace('/', '=')} sets {key}, which {schema} (the {group} in use) does not have: the preset is made for "
+                f"another {group}; drop the {group}= override (or the other preset: two presets for different {group}s do not "
+                "combine), or give the keys yourself instead of the preset")
     unknown = re.match(r"Could not override '([^']+)'", str(exc))
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return f"unknown config key '{unknown.group(1)}'{did_you_mean(unknown.group(1))} ({first(cause)}); `marlrun train --cfg job` lists every key"

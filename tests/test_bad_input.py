@@ -108,6 +108,7 @@ CASES = [
     (["train", "algo.name=qmix"], ["algo.name names what is built", "algo=qmix"]),
     (["train", "experiment=mcmc_ising", "algo=qmix"], ["experiment=mcmc_ising sets algo.temperature", "QMIXConfig", "drop the algo= override"]),
     (["train", "experiment=mappo_battle", "env=pursuit"], ["experiment=mappo_battle sets env.", "PursuitConfig"]),
+    (["train", "experiment=[mfq_ising,mcmc_ising]"], ["experiment=mfq_ising sets algo.", "MCMCConfig", "two presets for different algos"]),
     (["train", "algo=mfq", "env=battle", "env.map_size=16", "hardware=cpu", "hardware.num_envs=1", "total_steps=10", "progress=false",
       "algo.opponent=frozen:{root}/RUN"], ["algo.opponent=frozen:", "a run of algo=super_ddqn, not of MF-Q"]),
     (["train", "-m", *TINY, "hydra/sweeper=optuna", "hydra.sweeper.direction=sideways"], ["direction=sideways", "minimize or maximize"]),
