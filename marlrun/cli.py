@@ -57,8 +57,9 @@ def fail(message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def _hydra_message(exc: BaseException) -> str:
-    """One line from a Hydra/OmegaConf composition error and its cause."""
+def _hydra_message(exc: BaseException, args: list[str] = ()) -> str:
+    """One line from a Hydra/OmegaConf composition error and its cause (``args``: the command line's overrides, to
+    tell a key the user gave from one a preset's sweep gave)."""
     def first(e: BaseException) -> str:
         text = str(e).strip()
         if isinstance(e, OmegaConfBaseException):
@@ -75,7 +76,13 @@ def _hydra_message(exc: BaseException) -> str:
                 "combine), or give the keys yourself instead of the preset")
     unknown = re.match(r"Could not override '([^']+)'", str(exc))
     if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        return f"unknown config key '{unknown.group(1)}'{did_you_mean(unknown.group(1))} ({first(cause)}); `marlrun train --cfg job` lists every key"
+        key = unknown.group(1)
+        given = {a.partition("=")[0].lstrip("+~") for a in args}
+        if key not in given and any(a.startswith("experiment=") for a in args):  # a value the preset's sweep (hydra.sweeper.params) sets
+            return (f"the sweep preset's hydra.sweeper.params sweeps {key}, which the config in use does not have{did_you_mean(key)}; "
+                    "drop the override that changed the algo or env, or replace the preset's sweep: hydra.sweeper.params=null and your own "
+                    "comma-separated values")
+        return f"unknown config key '{key}'{did_you_mean(key)} ({first(cause)}); `marlrun train --cfg job` lists every key"
     text = first(exc)
     if isinstance(exc, OverrideParseException) and "=" not in exc.override:
         return (f"'{exc.override}' is not an override: write key=value (algo.lr=1e-3) or group=option (algo=qmix); "
@@ -231,7 +238,9 @@ def _train(args: list[str]) -> int:
     except UserError as exc:
         return fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
-        return fail(_hydra_message(exc))
+        if multirun:
+            _remove_sweeps_that_ran_nothing()
+        return fail(_hydra_message(exc, args))
     except PermissionError as exc:
         return fail(f"cannot write {exc.filename}: permission denied; choose another output folder with hydra.run.dir=PATH")
     except OSError as exc:
@@ -258,6 +267,22 @@ def _train(args: list[str]) -> int:
     if "error" in outcome:
         return fail(outcome["error"])
     return EXIT_INTERRUPTED if outcome.get("stopped") else 0
+
+
+def _remove_sweeps_that_ran_nothing() -> None:
+    """A multirun refused before any job leaves nothing behind: its folder (the sweep's multirun.yaml and lock only),
+    and the folders above it, inside the working directory, that are then empty (outputs/multirun/<date>)."""
+    here = Path.cwd().resolve()
+    for sweep_dir in sweep_dirs:
+        if sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", ".marlrun.lock"}:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            parent = sweep_dir.parent
+            while parent != here and here in parent.parents:
+                try:
+                    parent.rmdir()  # only if empty
+                except OSError:
+                    break
+                parent = parent.parent
 
 
 def _sweep_exit() -> int:

@@ -355,6 +355,11 @@ def known_keys(of_type: str | None = None) -> list[str]:
 
 
 def did_you_mean(key: str) -> str:
-    """`` (did you mean algo.sharing?)`` for a mistyped key close to a real one, else nothing."""
+    """`` (did you mean algo.sharing?)`` for a mistyped key close to a real one; `` (a key of algo=super_ddqn)`` for
+    a key of another algorithm or environment than the one in use; else nothing."""
+    group, _, field = key.partition(".")
+    owners = [name for name, e in KINDS.get(group, {}).items() if field in {f.name for f in dataclasses.fields(e.config)}]
+    if owners:
+        return f" (a key of {', '.join(f'{group}={name}' for name in owners)}, not of the {group} in use)"
     close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""

@@ -108,6 +108,9 @@ CASES = [
     (["train", "algo.name=qmix"], ["algo.name names what is built", "algo=qmix"]),
     (["train", "experiment=mcmc_ising", "algo=qmix"], ["experiment=mcmc_ising sets algo.temperature", "QMIXConfig", "drop the algo= override"]),
     (["train", "experiment=mappo_battle", "env=pursuit"], ["experiment=mappo_battle sets env.", "PursuitConfig"]),
+    (["train", "-m", "experiment=super_heuristics_small", "algo=qmix"],  # the preset's sweep clashes: named as such, no folder left
+     ["hydra.sweeper.params sweeps algo.sharing", "a key of algo=super_ddqn", "hydra.sweeper.params=null"]),
+    (["train", *TINY, "algo=qmix", "algo.sharing=none"], ["unknown config key 'algo.sharing'", "a key of algo=super_ddqn, not of the algo in use"]),
     (["train", "experiment=[mfq_ising,mcmc_ising]"], ["experiment=mfq_ising sets algo.", "MCMCConfig", "two presets for different algos"]),
     (["train", "algo=mfq", "env=battle", "env.map_size=16", "hardware=cpu", "hardware.num_envs=1", "total_steps=10", "progress=false",
       "algo.opponent=frozen:{root}/RUN"], ["algo.opponent=frozen:", "a run of algo=super_ddqn, not of MF-Q"]),
