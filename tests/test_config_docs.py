@@ -148,15 +148,33 @@ def set_in_group_yamls(folder: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("group", ["algo", "env"])
 def test_algo_and_env_yamls_set_no_key(group):
-    assert {name: keys for name, keys in set_in_group_yamls(CONF / group).items() if keys} == {}
+    """The YAML named after a registered algorithm or environment sets nothing: its defaults are its schema's."""
+    assert {name: keys for name, keys in set_in_group_yamls(CONF / group).items() if keys and name[:-5] in KINDS[group]} == {}
 
 
 @pytest.mark.parametrize("group", ["algo", "env"])
 def test_each_algo_and_env_yaml_names_its_schema_and_the_registry_lists_it(group):
-    yamls = sorted(CONF.joinpath(group).glob("*.yaml"))
+    yamls = sorted(p for p in CONF.joinpath(group).glob("*.yaml") if p.stem in KINDS[group])
     assert sorted(p.stem for p in yamls) == sorted(KINDS[group])
     for path in yamls:
         assert f"/schema/{group}/{path.stem}@_here_" in keys_set(path)["defaults"], path
+
+
+def presets(group: str) -> list[Path]:
+    return sorted(p for p in CONF.joinpath(group).glob("*.yaml") if p.stem not in KINDS[group])
+
+
+@pytest.mark.parametrize("path", presets("env") + presets("algo"), ids=lambda p: p.stem)
+def test_a_group_preset_names_a_registered_schema_and_sets_only_its_keys_away_from_their_defaults(path):
+    """A preset in conf/env or conf/algo (env=pursuit_small) is a registered schema with some keys changed."""
+    group = path.parent.name
+    named = [d.split("/")[3].split("@")[0] for d in keys_set(path)["defaults"] if isinstance(d, str) and d.startswith(f"/schema/{group}/")]
+    assert len(named) == 1 and named[0] in KINDS[group], path
+    schema = KINDS[group][named[0]].config()
+    for key, value in keys_set(path).items():
+        if key != "defaults":
+            assert hasattr(schema, key), f"{path}: {key} is not a key of {type(schema).__name__}"
+            assert getattr(schema, key) != value, f"{path}: {key}={value} is the schema's default"
 
 
 def test_the_yaml_check_finds_a_key_set(tmp_path):

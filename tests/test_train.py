@@ -191,3 +191,31 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     steps = [r["step"] for r in read_metrics(run)]
     assert steps == sorted(set(steps)) and steps[-1] == total  # every logged step once
+
+
+PURSUIT_ALGOS = {  # every algorithm that fits pursuit, with what makes a 400-step run update
+    "super_ddqn": ["algo.buffer_size=1000", "algo.learning_starts=100"],
+    "qmix": ["algo.buffer_size=1000", "algo.learning_starts=100"],
+    "ippo": ["algo.rollout_steps=50"],
+    "mappo": ["algo.rollout_steps=50"],
+    "maddpg": ["algo.buffer_size=1000", "algo.learning_starts=100", "algo.batch_size=32", "algo.update_interval=50"],
+}
+
+
+def test_every_algorithm_that_fits_pursuit_is_listed():
+    from marlrun.algos.base import unmet_needs
+    from marlrun.registry import ALGORITHMS, entry
+
+    spec = entry("env", "pursuit").spec(entry("env", "pursuit").config())
+    assert set(PURSUIT_ALGOS) == {name for name, e in ALGORITHMS.items() if not unmet_needs(e.cls, spec)}
+
+
+@pytest.mark.parametrize("algo", sorted(PURSUIT_ALGOS))
+def test_the_small_pursuit_preset_composes_with_every_algorithm_that_fits_pursuit(compose_cfg, tmp_path, algo):
+    cfg = compose_cfg(["env=pursuit_small", f"algo={algo}", *PURSUIT_ALGOS[algo], "hardware=cpu", "hardware.num_envs=2",
+                       "hardware.env_workers=0", "total_steps=400", "log_interval=200", "eval_episodes=1", "progress=false",
+                       "print_config=false"])
+    assert (cfg.env.x_size, cfg.env.n_pursuers, cfg.env.n_evaders, cfg.env.max_cycles) == (10, 4, 4, 100)
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "finished" and summary["env"] == "pursuit"
+    assert any(k.startswith("train/") and "loss" in k for r in read_metrics(tmp_path) for k in r)  # it learned, not only acted
