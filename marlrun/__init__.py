@@ -1,0 +1,1 @@
+"""marlrun: a config-driven experiment runner for multi-agent reinforcement learning."""

@@ -15,6 +15,7 @@ import ctypes.util
 import functools
 import os
 import platform
+import time
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +84,44 @@ def torch_threads(hardware: HardwareConfig, parallel_jobs: int = 1, env_workers:
     if omp.isdigit() and int(omp) > 0:
         return int(omp)
     workers = hardware.env_workers if env_workers is None else env_workers
-    return max(1, min(4, available_cores() // parallel_jobs - workers))
+    share = max(1, min(4, available_cores() // parallel_jobs - workers))
+    if share == 1:
+        return 1
+    global busy_at_start
+    busy_at_start = busy_cores()
+    return max(1, min(share, round(available_cores() - busy_at_start)))
+
+
+busy_at_start: float | None = None  # cores other processes kept busy when torch_threads last looked (None: it did not)
+
+
+def busy_cores(seconds: float = 0.3) -> float:
+    """How many of this process's cores other processes keep busy, measured over ``seconds`` from /proc/stat (this
+    process sleeps meanwhile); 0 where there is no /proc/stat. A learner given a core that another process is using
+    gets a tenth of its speed, not half: OpenMP's threads spin while they wait for each other, and one of them waits
+    for the core (SUPER-DDQN on 2 cores with one busy loop beside it: 15 env steps/s on 2 threads, 314 on 1)."""
+    def sample() -> dict[str, tuple[int, int]]:
+        times = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    values = [int(v) for v in fields[:8]]
+                    times[name] = (sum(values), values[3] + values[4])  # total, idle + iowait
+        return times
+
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, AttributeError, ValueError):
+        return 0.0
+    busy = 0.0
+    for cpu in mine & before.keys() & after.keys():
+        total, idle = after[cpu][0] - before[cpu][0], after[cpu][1] - before[cpu][1]
+        busy += 1 - idle / total if total > 0 else 0.0
+    return busy
 
 
 @functools.lru_cache(maxsize=1)
@@ -200,6 +238,8 @@ def explain(hardware: HardwareConfig, device: torch.device, precision: str, thre
         why_threads = f"OMP_NUM_THREADS={omp}"
     else:
         why_threads = f"auto: the {available_cores()} cores this process may use, less {env_workers} environment worker process(es), 1 to 4"
+        if busy_at_start is not None and busy_at_start >= 0.5:
+            why_threads += f", less the {busy_at_start:.1f} cores other processes kept busy at start"
     return {"device": where, "precision": precision, "precision_why": why_precision, "torch_threads": str(threads),
             "torch_threads_why": why_threads}
 

@@ -36,9 +36,10 @@ def next_multiple(step: int, interval: int) -> int:
 
 
 def banner(cfg: DictConfig, hardware: dict) -> str:
-    """One line on what runs where, and why ``auto`` chose it."""
-    return (f"[bold]{cfg.algo.name} on {cfg.env.name}[/], seed {cfg.seed}, {cfg.total_steps:,} env steps: {hardware['device']}; "
-            f"{hardware['precision']} ({hardware['precision_why']}); {hardware['torch_threads']} torch threads ({hardware['torch_threads_why']})")
+    """What runs where, and why ``auto`` chose it: a line for the run, one each for device, precision and threads."""
+    return (f"[bold]{cfg.algo.name} on {cfg.env.name}[/], seed {cfg.seed}, {cfg.total_steps:,} env steps\n"
+            f"  device: {hardware['device']}\n  precision: {hardware['precision']} ({hardware['precision_why']})\n"
+            f"  torch threads: {hardware['torch_threads']} ({hardware['torch_threads_why']})")
 
 
 def config_tree(cfg: DictConfig) -> Tree:
@@ -261,7 +262,7 @@ class Run:
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=not cfg.progress, refresh_per_second=4,
+            console=console, disable=not (cfg.progress and console.is_terminal), refresh_per_second=4,
         )
         first_step = taking_long("the first step of training", TWICE)
         with StopSignal() as stop, progress, first_step:
@@ -291,6 +292,8 @@ class Run:
                 if self.env_steps >= self.next_log or finished:
                     speed = self.log(finished)
                     progress.update(task, speed=f"{speed:,.0f}")
+                    if cfg.progress and not console.is_terminal:  # a file or a pipe: a plain line per log, not a bar
+                        console.print(self.progress_line(speed), soft_wrap=True, markup=False, highlight=False)
                 if self.env_steps >= self.next_ckpt:
                     self.check_finite()
                     self.save_checkpoint()
@@ -314,6 +317,12 @@ class Run:
             "best_eval_return": max(e["eval/episode_return"] for e in self.evals) if self.evals else None,
             "evaluations": self.evals, "run_dir": str(self.run_dir.resolve()),
         }
+
+    def progress_line(self, speed: float) -> str:
+        ret = f"{self.recent[-1]:.2f}" if self.recent else "-"
+        elapsed = time.perf_counter() - self.start
+        return (f"{self.cfg.algo.name} on {self.cfg.env.name}: step {self.env_steps:,}/{self.cfg.total_steps:,}, {speed:,.0f} steps/s, "
+                f"return {ret}, {elapsed:,.0f} s")
 
     def wall(self) -> float:
         """Seconds trained, over this process and the ones it resumed."""
@@ -490,5 +499,5 @@ def print_summary(summary: dict) -> None:
     for key, value in last_eval.items():  # teams and game scores of the final evaluation
         if key.startswith(("eval/team_return/", "eval/game/")):
             table.add_row(f"final {key}", fmt(value))
-    table.add_row("run_dir", summary["run_dir"])
     console.print(table)
+    console.print(f"run folder: {summary['run_dir']}", soft_wrap=True, markup=False, highlight=False)  # whole, never folded

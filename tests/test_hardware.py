@@ -99,6 +99,7 @@ def test_an_unknown_precision_is_one_line_from_the_cli(tmp_path):
 def test_threads_take_every_core_the_environment_leaves(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hardware, "available_cores", lambda: 2)
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 0.0)  # a quiet machine
     auto = OmegaConf.create({"torch_threads": 0, "env_workers": 1})  # hardware=auto asks for one worker
     assert torch_threads(auto, env_workers=0) == 2  # the native backend starts none: both cores to torch
     assert torch_threads(auto, env_workers=1) == 1  # the library in one worker process
@@ -109,8 +110,33 @@ def test_threads_take_every_core_the_environment_leaves(monkeypatch):
     assert torch_threads(auto, env_workers=0) == 4  # at most 4: these networks gain nothing from more
 
 
+def test_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):
+    """One busy core of two: one thread (two would spin against the other process at a tenth of the speed)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    auto = OmegaConf.create({"torch_threads": 0, "env_workers": 0})
+    monkeypatch.setattr(hardware, "available_cores", lambda: 2)
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 0.97)
+    assert torch_threads(auto) == 1
+    why = hardware.explain(hardware.HardwareConfig(), torch.device("cpu"), "fp32", 1, 0)["torch_threads_why"]
+    assert why.endswith("less the 1.0 cores other processes kept busy at start")
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 0.3)  # a light background load takes no core
+    assert torch_threads(auto) == 2
+    monkeypatch.setattr(hardware, "available_cores", lambda: 8)
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 7.6)  # never fewer than one
+    assert torch_threads(auto) == 1
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 3.2)
+    assert torch_threads(auto) == 4  # 8 cores less 3 busy, at most 4
+    assert torch_threads(OmegaConf.create({"torch_threads": 2, "env_workers": 0})) == 2  # a setting is a setting
+
+
+def test_busy_cores_reads_the_machine():
+    busy = hardware.busy_cores(0.05)
+    assert 0.0 <= busy <= hardware.available_cores() + 0.01
+
+
 def test_a_native_run_records_the_threads_and_precision_it_ran(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 0.0)  # as on a quiet machine
     summary = train(compose_cfg([*SMALL_PURSUIT, "hardware=auto", "hardware.device=cpu", "total_steps=100", "eval_episodes=0"]), tmp_path)
     assert summary["torch_threads"] == min(4, hardware.available_cores())  # auto's env worker does not exist natively
     assert summary["precision"] == ("bf16" if hardware.cpu_bf16_is_fast() else "fp32")

@@ -169,8 +169,8 @@ def test_the_run_says_what_ran_where_and_why(tmp_path):
                      f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     banner = " ".join(result.stderr.split())
-    assert "super_ddqn on pursuit, seed 0, 200 env steps: cpu (" in banner
-    assert "fp32 (hardware.precision=fp32)" in banner and "1 torch threads (hardware.torch_threads=1)" in banner
+    assert "super_ddqn on pursuit, seed 0, 200 env steps device: cpu (" in banner
+    assert "precision: fp32 (hardware.precision=fp32)" in banner and "torch threads: 1 (hardware.torch_threads=1)" in banner
     said = json.loads((run / "summary.json").read_text())["hardware"]
     assert said["precision"] == "fp32" and said["torch_threads"] == "1" and said["device"].startswith("cpu (")
     events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
@@ -219,3 +219,18 @@ def test_the_small_pursuit_preset_composes_with_every_algorithm_that_fits_pursui
     summary = train(cfg, tmp_path)
     assert summary["status"] == "finished" and summary["env"] == "pursuit"
     assert any(k.startswith("train/") and "loss" in k for r in read_metrics(tmp_path) for k in r)  # it learned, not only acted
+
+
+def test_output_to_a_file_is_plain_lines_no_path_cut_and_no_empty_log(tmp_path):
+    """Not a terminal: progress as a plain line per log, no line over 200 characters, the run folder printed whole,
+    and no empty cli.log in the run folder."""
+    run = tmp_path / ("a long folder name that goes on and on " * 3).strip() / "run"
+    result = run_cli("train", *SMALL_PURSUIT, "total_steps=400", "log_interval=200", "eval_episodes=1", "algo.learning_starts=100",
+                     "algo.buffer_size=1000", "progress=true", "print_config=true", f"hydra.run.dir='{run}'", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert all(len(line) <= 200 for line in lines), max(lines, key=len)
+    assert f"run folder: {run}" in lines
+    assert [line for line in lines if line.startswith("super_ddqn on pursuit: step ")][-1].startswith("super_ddqn on pursuit: step 400/400, ")
+    assert not any("steps/s return" in line for line in lines)  # no progress bar drawn into a file
+    assert not (run / "cli.log").exists()
