@@ -530,3 +530,23 @@ def test_compare_names_an_unknown_or_ambiguous_group_with_one_clear_error(sweep,
     result = run_cli("report", str(sweep), "--compare", "quantile", "gaussian", "--no-plots")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "no group is named 'gaussian'" in result.stderr
+
+
+def test_labels_name_groups_in_tables_csvs_and_comparisons_and_few_runs_are_flagged(sweep, tmp_path):
+    out = tmp_path / "out"
+    text = run_report([sweep, "--out", out, "--bootstrap", 200, "--rliable-reps", 200, "--no-plots",
+                       "--label", "algo.sharing=none=independent DDQN", "--label", "quantile=SUPER quantile",
+                       "--compare", "SUPER quantile", "algo.sharing=none"])  # a new name, or the config's
+    assert [r["group"] for r in read_csv(out / "report.csv")] == ["independent DDQN", "SUPER quantile"]
+    assert {(r["a"], r["b"]) for r in read_csv(out / "improvement.csv")} == {("SUPER quantile", "independent DDQN")}
+    assert "independent DDQN" in text and "algo.sharing=none" not in text
+    assert "warning: every group has fewer than 5 runs" in " ".join(text.split())
+
+
+def test_a_label_that_names_no_group_or_two_is_one_error(sweep, tmp_path):
+    with pytest.raises(UserError, match="--label: no group is named 'sharing=all'"):
+        report.main([str(sweep), "--out", str(tmp_path), "--no-plots", "--label", "sharing=all=everything"])
+    with pytest.raises(UserError, match="--label 'nothing': write GROUP=NAME"):
+        report.main([str(sweep), "--out", str(tmp_path), "--no-plots", "--label", "nothing"])
+    with pytest.raises(UserError, match="two groups would both be shown as 'same'"):
+        report.main([str(sweep), "--out", str(tmp_path), "--no-plots", "--label", "none=same", "--label", "quantile=same"])

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="two groups (a label as the table shows it, or parts of one, comma-separated, that name a single group): "
                         "report P(a run of A beats a run of B) on every metric, with its interval; repeatable")
+    p.add_argument("--label", action="append", default=[], metavar="GROUP=NAME",
+                   help="show a group under NAME in tables and plots (GROUP as for --compare, e.g. "
+                        "'algo.sharing=none=independent DDQN'; the last '=' splits); repeatable")
     p.add_argument("--rliable-reps", type=_positive_int, default=2_000, metavar="N",
                    help="stratified bootstrap resamples for the IQM, P(A > B) and profile intervals (rliable; "
                         "default: %(default)s)")
@@ -78,15 +81,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group]) -> list[tuple[str, str]]:
-    """``--compare A B`` pairs as group labels; UserError for a name that names no group or several."""
+def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group], given: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """``--compare A B`` pairs as group labels; a name is a label (or a --label NAME), or parts of the label the run
+    configs give it (``given``, before --label). UserError for a name that names no group or several."""
     labels = [g.label for g in groups]
     settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
-    resolved = [(resolve_group(a, labels, settings), resolve_group(b, labels, settings)) for a, b in pairs]
+
+    def resolve(name: str) -> str:
+        if given and name not in labels:
+            try:
+                return labels[list(given).index(resolve_group(name, list(given), settings))]
+            except UserError:
+                pass
+        return resolve_group(name, labels, settings)
+
+    resolved = [(resolve(a), resolve(b)) for a, b in pairs]
     for a, b in resolved:
         if a == b:
             raise UserError(f"--compare: both names give the group {a!r}; compare two different groups")
     return resolved
+
+
+def relabel(groups: Sequence[Group], labels: Sequence[str]) -> list[str]:
+    """``--label GROUP=NAME``: the group GROUP names (as for --compare) is shown as NAME. Returns the labels before."""
+    settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
+    current = [g.label for g in groups]
+    for item in labels:
+        name, eq, new = item.rpartition("=")
+        if not eq or not name.strip() or not new.strip():
+            raise UserError(f"--label {item!r}: write GROUP=NAME (for example 'algo.sharing=none=independent DDQN')")
+        try:
+            target = resolve_group(name.strip(), current, settings)
+        except UserError as exc:
+            raise UserError(str(exc).replace("--compare:", "--label:", 1)) from None
+        groups[current.index(target)].label = new.strip()
+    shown = [g.label for g in groups]
+    if len(set(shown)) != len(shown):
+        raise UserError(f"--label: two groups would both be shown as {next(x for x in shown if shown.count(x) > 1)!r}")
+    return current
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -124,7 +156,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     check_ignored_keys(runs, args.ignore)
     groups = group_runs(runs, args.ignore)
     metrics = choose_metrics(runs, args.metric)
-    compare = resolve_pairs(args.compare, groups)
+    compare = resolve_pairs(args.compare, groups, relabel(groups, args.label))
     reports = [analyse(groups, metric, args.threshold if i == 0 else None, args.include_partial, args.bootstrap, args.seed)
                for i, metric in enumerate(metrics)]
     labels = {run.path: g.label for g in groups for run in g.runs}

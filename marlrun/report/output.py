@@ -25,8 +25,13 @@ def _with_ci(e: Estimate | None, number=fmt) -> str:
 def results_table(report: MetricReport) -> Table:
     """The console table of one metric: a row per group in order of appearance, the best final mean in bold."""
     n_runs = sum(len(g.included) for g in report.groups)
-    table = Table(title=Text(f"{report.metric}: {len(report.groups)} group(s), {n_runs} run(s) in the statistics"),
-                  caption=Text(report.threshold_note), caption_justify="left")
+    few = few_runs(report)
+    named = f" ({'; '.join(few)})" if len(few) <= 3 else ""
+    which = "every group has" if len(few) == len(report.groups) else f"{len(few)} group(s) have"
+    caption = report.threshold_note + (f"\nwarning: {which} fewer than {FEW_RUNS} runs{named}: their intervals rest on too few "
+                                       "seeds to trust" if few else "")
+    table = Table(title=Text(f"{report.metric}{setting(report)}: {len(report.groups)} group(s), {n_runs} run(s) in the statistics"),
+                  caption=Text(caption.strip()), caption_justify="left")
     for name, justify in [("group", "left"), ("runs", "right"), ("final mean [95% CI]", "right"),
                           ("AUC mean [95% CI]", "right"), ("steps to threshold [95% CI]", "right"), ("reached", "right"),
                           ("final IQM [95% CI]", "right"), ("AUC IQM [95% CI]", "right")]:
@@ -138,6 +143,28 @@ def write_runs_csv(path: Path, groups: Sequence[Group], reports: Sequence[Metric
                                      _cell(run.total_steps), "; ".join(run.problems)])
 
 
+FEW_RUNS = 5  # groups with fewer included runs get a warning: their intervals rest on too few seeds to trust
+
+
+def setting(report: MetricReport) -> str:
+    """`` on pursuit, 800,000 env steps`` where every included run shares the environment and the budget."""
+    runs = [run for g in report.groups for run in g.included]
+    envs = {str(run.config.get("env.name")) for run in runs if run.config}
+    budgets = {run.config.get("total_steps") for run in runs if run.config}
+    where = f" on {next(iter(envs))}" if len(envs) == 1 else ""
+    budget = next(iter(budgets)) if len(budgets) == 1 else None
+    return where + (f", {budget:,} env steps" if isinstance(budget, int) else "")
+
+
+def few_runs(report: MetricReport) -> list[str]:
+    return [g.group.label for g in report.groups if 0 < len(g.included) < FEW_RUNS]
+
+
+def few_runs_note(report: MetricReport) -> str:
+    few = few_runs(report)
+    return f"\n{len(few)} group(s) with fewer than {FEW_RUNS} runs: their bands are rough" if few else ""
+
+
 def plot_file(metric: str) -> str:
     return "curves_" + re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png"
 
@@ -163,7 +190,7 @@ def plot_curves(path: Path, report: MetricReport, n_boot: int, seed: int) -> Non
             ax.axhline(report.threshold, color="gray", linestyle="--", linewidth=1, label="threshold")
         ax.set_xlabel("env steps")
         ax.set_ylabel(report.metric)
-        ax.set_title(f"{report.metric}: mean over seeds, shaded 95% bootstrap band")
+        ax.set_title(f"{report.metric}{setting(report)}: mean over seeds, shaded 95% bootstrap band{few_runs_note(report)}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
