@@ -137,11 +137,21 @@ for pair in "none algo.sharing=none,parameter_sharing=false" "all algo.sharing=a
   read -r group label <<< "$pair"
   if [[ -d $results/quantile && -d $results/$group ]]; then compare+=(--compare quantile "$label"); fi
 done
+names=()   # each group under a name a reader knows (--label), for the groups with finished runs
+for pair in "none|algo.sharing=none,parameter_sharing=false|independent DDQN" "all|algo.sharing=all|share all" \
+            "quantile|algo.sharing=quantile|SUPER quantile" "gaussian|algo.sharing=gaussian|SUPER gaussian" \
+            "stochastic|algo.sharing=stochastic|SUPER stochastic" "parameter_sharing|algo.sharing=none,parameter_sharing=true|parameter sharing" \
+            "qmix|experiment=super_pursuit, algo=qmix|QMIX (paper's settings)" "qmix_std|standardise_rewards=true,mixer=qmix|QMIX, standardised rewards" \
+            "vdn|mixer=vdn|VDN, standardised rewards" "ippo|algo=ippo,greedy_eval=false|IPPO" "mappo|algo=mappo,greedy_eval=false|MAPPO" \
+            "ippo_greedy|algo=ippo,greedy_eval=true|IPPO, greedy evaluation" "mappo_greedy|algo=mappo,greedy_eval=true|MAPPO, greedy evaluation"; do
+  IFS='|' read -r group label name <<< "$pair"
+  if [[ -d $results/$group ]]; then names+=(--label "$label=$name"); fi
+done
 if ! compgen -G "$results/*/seed_*/summary.json" > /dev/null; then   # no run finished yet: nothing to report
   mkdir -p "$results"
   python "$(dirname "$0")/sweep_status.py" "$results" "$plan_groups" "$plan_seeds"
   exit 0
 fi
 marlrun report "$results" --ignore hardware --metric eval/episode_return --metric train/episode_return \
-  --metric sharing/fraction "${compare[@]}"
+  --metric sharing/fraction "${names[@]}" "${compare[@]}"
 python "$(dirname "$0")/sweep_status.py" "$results" "$plan_groups" "$plan_seeds"   # the whole plan, not this sitting's part

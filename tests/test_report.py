@@ -550,3 +550,16 @@ def test_a_label_that_names_no_group_or_two_is_one_error(sweep, tmp_path):
         report.main([str(sweep), "--out", str(tmp_path), "--no-plots", "--label", "nothing"])
     with pytest.raises(UserError, match="two groups would both be shown as 'same'"):
         report.main([str(sweep), "--out", str(tmp_path), "--no-plots", "--label", "none=same", "--label", "quantile=same"])
+
+
+def test_runs_from_before_and_after_the_registry_group_together(tmp_path):
+    """Older run folders name their builder (algo._target_); newer ones do not: the same experiment all the same."""
+    for seed in range(2):
+        make_run(tmp_path / f"old_{seed}", seed=seed)
+        folder = make_run(tmp_path / f"new_{seed}", seed=seed + 2)
+        path = folder / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        del cfg["algo"]["_target_"], cfg["env"]["_target_"]
+        path.write_text(yaml.safe_dump(cfg))
+    groups = report.group_runs(report.load_runs([str(tmp_path)]))
+    assert [(g.label, len(g.runs)) for g in groups] == [("all runs", 4)]

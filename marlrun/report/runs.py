@@ -222,6 +222,8 @@ def _canonical(value: Any) -> str:
 
 def is_ignored(key: str, ignore: Sequence[str] = ()) -> bool:
     """Seed and bookkeeping keys (and ``ignore``d ones), with everything under them, never define groups."""
+    if key.endswith("._target_"):  # what built it, in runs before the registry: the name says the same
+        return True
     return any(key == prefix or key.startswith(prefix + ".") for prefix in (*BOOKKEEPING_KEYS, *ignore))
 
 
