@@ -142,6 +142,7 @@ def _resume_args(args: list[str]) -> list[str] | str:
     return [
         "--config-path", str(saved.parent), "--config-name", "config",
         f"hydra.run.dir={hydra_quoted(run_dir)}", "hydra.output_subdir=null",  # keep the original .hydra/ untouched
+        "hydra/job_logging=none",  # as conf/config.yaml: no cli.log (the saved config's defaults do not say so)
         f"resume={hydra_quoted(run_dir)}", *rest,
     ]
 

@@ -146,6 +146,22 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) ->
     return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
 
 
+class RandomPolicy:
+    """Every agent picks uniformly at random (a discrete action, or each component of a continuous one within the
+    action bounds): the baseline a learned policy's return is read against."""
+
+    def __init__(self, spec, device: torch.device):
+        self.spec, self.device = spec, device
+        self.generator = torch.Generator(device=device)
+
+    def act(self, obs: torch.Tensor, env_steps: int, greedy: bool = True, context: dict | None = None) -> torch.Tensor:
+        E, A = obs.shape[0], self.spec.n_agents
+        if self.spec.discrete_actions:
+            return torch.randint(self.spec.n_actions, (E, A), generator=self.generator, device=self.device)
+        low, high = self.spec.action_bounds
+        return low + (high - low) * torch.rand((E, A, self.spec.n_actions), generator=self.generator, device=self.device)
+
+
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
     """Train as ``cfg`` says, writing everything into ``run_dir``; returns the summary.
@@ -306,6 +322,10 @@ class Run:
             wall = self.wall()
             self.check_finite()
             self.save_checkpoint(wall)
+        random_return = None
+        if self.eval_env is not None and not stopped:  # once per run, on the evaluation's own episodes
+            random_return = evaluate(RandomPolicy(env.spec, self.device), self.eval_env, self.env_steps,
+                                     seed=env_seed(cfg.seed, 1))["eval/episode_return"]
         return {
             "status": f"stopped by {stopped}" if stopped else "finished",
             "algo": cfg.algo.name, "env": cfg.env.name, "seed": cfg.seed,
@@ -315,6 +335,7 @@ class Run:
             "final_train_return": float(np.mean(list(self.recent))) if self.recent else None,
             "final_eval_return": self.evals[-1]["eval/episode_return"] if self.evals else None,
             "best_eval_return": max(e["eval/episode_return"] for e in self.evals) if self.evals else None,
+            "random_eval_return": random_return,
             "evaluations": self.evals, "run_dir": str(self.run_dir.resolve()),
         }
 
@@ -493,8 +514,9 @@ def print_summary(summary: dict) -> None:
     def fmt(value):
         return "-" if value is None else f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
-    for key in ("env_steps", "wall_time_s", "steps_per_sec", "final_train_return", "final_eval_return", "best_eval_return"):
-        table.add_row(key, fmt(summary[key]))
+    for key in ("env_steps", "wall_time_s", "steps_per_sec", "final_train_return", "final_eval_return", "best_eval_return",
+                "random_eval_return"):
+        table.add_row(key, fmt(summary.get(key)))
     last_eval = summary["evaluations"][-1] if summary["evaluations"] else {}
     for key, value in last_eval.items():  # teams and game scores of the final evaluation
         if key.startswith(("eval/team_return/", "eval/game/")):

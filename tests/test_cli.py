@@ -129,7 +129,7 @@ def test_hydra_features_still_work(tmp_path):
     from marlrun.registry import ALGORITHMS, ENVIRONMENTS
 
     assert helped.returncode == 0 and f"algo: {', '.join(sorted(ALGORITHMS))}" in helped.stdout and "hardware: auto, cpu, cuda" in helped.stdout
-    assert f"env: {', '.join(sorted(ENVIRONMENTS))}" in helped.stdout and "schema/" not in helped.stdout
+    assert f"env: {', '.join(sorted({*ENVIRONMENTS, 'pursuit_small'}))}" in helped.stdout and "schema/" not in helped.stdout  # and a preset
     top = run_cli("--help", cwd=tmp_path)
     assert top.returncode == 0 and "train" in top.stdout
 

@@ -180,18 +180,18 @@ def test_grouping_with_nothing_differing_and_with_ignored_keys(tmp_path):
 
 
 def test_many_differing_keys_are_labelled_by_the_overrides_that_tell_groups_apart(tmp_path):
-    maddpg = {"algo": {"_target_": "marlrun.algos.maddpg.MADDPG", "name": "maddpg", "lr": 0.01, "tau": 0.01}}
+    maddpg = {"algo": {"_target_": "marlrun.algos.maddpg.MADDPG", "name": "maddpg", "lr": 0.01, "tau": 0.01, "gamma": 0.95, "hidden": [64, 64]}}
     for seed in range(2):
         make_run(tmp_path / "s" / str(seed), seed=seed, overrides=["algo=super_ddqn", f"seed={seed}", "experiment=x"])
         make_run(tmp_path / "s" / str(seed + 2), seed=seed, extra=maddpg, overrides=["algo=maddpg", f"seed={seed}", "experiment=x"])
     runs = report.load_runs([tmp_path / "s"])
     groups = report.group_runs(runs)
     assert [g.label for g in groups] == ["algo=super_ddqn", "algo=maddpg"]
-    assert list(groups[0].values) == ["algo._target_", "algo.name", "algo.lr", "run_name", "algo.tau"]  # kept for the CSV
+    assert list(groups[0].values) == ["algo.name", "algo.lr", "run_name", "algo.tau", "algo.gamma", "algo.hidden"]  # kept for the CSV
     assert [[r.seed for r in g.runs] for g in groups] == [[0, 1], [0, 1]]
 
     runs[0].overrides = []  # overrides no longer the same within a group: label by the config keys
-    assert report.group_runs(runs)[0].label.startswith("algo._target_=marlrun.algos.super_ddqn.SuperDDQN, algo.name=")
+    assert report.group_runs(runs)[0].label.startswith("algo.name=super_ddqn, algo.lr=")
 
 
 def test_config_with_unresolvable_interpolation_falls_back_to_its_text(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = sorted(p for p in (Path(__file__).parent.parent / "scripts").glob("*.sh")  # sweep, then report
-                 if not p.name.startswith("gpu_") and p.name != "refactor_check.sh")  # (that one: before/after runs of a code change)
+                 if not p.name.startswith("gpu_") and p.name not in ("refactor_check.sh", "threads_busy.sh"))  # (those: before/after runs of a change, timings)
 GPU_SCRIPTS = sorted((Path(__file__).parent.parent / "scripts").glob("gpu_*.sh"))  # the CUDA check and its wheels
 CONF = Path(__file__).parent.parent / "conf" / "experiment"
 

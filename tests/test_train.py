@@ -224,7 +224,7 @@ def test_the_small_pursuit_preset_composes_with_every_algorithm_that_fits_pursui
 def test_output_to_a_file_is_plain_lines_no_path_cut_and_no_empty_log(tmp_path):
     """Not a terminal: progress as a plain line per log, no line over 200 characters, the run folder printed whole,
     and no empty cli.log in the run folder."""
-    run = tmp_path / ("a long folder name that goes on and on " * 3).strip() / "run"
+    run = tmp_path / ("a long folder name that goes on and on " * 2).strip() / "run"  # a line over 80 columns, under 200
     result = run_cli("train", *SMALL_PURSUIT, "total_steps=400", "log_interval=200", "eval_episodes=1", "algo.learning_starts=100",
                      "algo.buffer_size=1000", "progress=true", "print_config=true", f"hydra.run.dir='{run}'", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -81,19 +81,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def find_group(name: str, labels: Sequence[str], groups: Sequence[Group]) -> str:
+    """The label of the group ``name`` names (``resolve_group``) by its label or the keys that differ between the
+    groups; failing that, by any key of its runs' config (a part such as ``parameter_sharing=false`` that no longer
+    tells groups apart when fewer groups are there)."""
+    differing = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
+    try:
+        return resolve_group(name, labels, differing)
+    except UserError as first:
+        if "no group is named" not in str(first):  # several groups: more keys would not make it fewer
+            raise
+        full = [[f"{key}={format_value(value)}" for key, value in ((g.runs[0].config if g.runs else None) or {}).items()] for g in groups]
+        try:
+            return resolve_group(name, labels, full)
+        except UserError:
+            raise first from None
+
+
 def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group], given: Sequence[str] = ()) -> list[tuple[str, str]]:
     """``--compare A B`` pairs as group labels; a name is a label (or a --label NAME), or parts of the label the run
     configs give it (``given``, before --label). UserError for a name that names no group or several."""
     labels = [g.label for g in groups]
-    settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
 
     def resolve(name: str) -> str:
         if given and name not in labels:
             try:
-                return labels[list(given).index(resolve_group(name, list(given), settings))]
+                return labels[list(given).index(find_group(name, list(given), groups))]
             except UserError:
                 pass
-        return resolve_group(name, labels, settings)
+        return find_group(name, labels, groups)
 
     resolved = [(resolve(a), resolve(b)) for a, b in pairs]
     for a, b in resolved:
@@ -104,14 +120,13 @@ def resolve_pairs(pairs: Sequence[Sequence[str]], groups: Sequence[Group], given
 
 def relabel(groups: Sequence[Group], labels: Sequence[str]) -> list[str]:
     """``--label GROUP=NAME``: the group GROUP names (as for --compare) is shown as NAME. Returns the labels before."""
-    settings = [[f"{key}={format_value(value)}" for key, value in g.values.items()] for g in groups]
     current = [g.label for g in groups]
     for item in labels:
         name, eq, new = item.rpartition("=")
         if not eq or not name.strip() or not new.strip():
             raise UserError(f"--label {item!r}: write GROUP=NAME (for example 'algo.sharing=none=independent DDQN')")
         try:
-            target = resolve_group(name.strip(), current, settings)
+            target = find_group(name.strip(), current, groups)
         except UserError as exc:
             raise UserError(str(exc).replace("--compare:", "--label:", 1)) from None
         groups[current.index(target)].label = new.strip()
