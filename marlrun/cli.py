@@ -11,7 +11,9 @@ import errno
 import os
 import re
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from marlrun import bench, evaluation, report
@@ -28,21 +30,25 @@ from marlrun.config import GROUPS, did_you_mean, known_keys, load_run_config, re
 from marlrun.console import console
 from marlrun.errors import UserError, warn
 from marlrun.metrics import cut_short_last_line, read_metrics
-from marlrun.runfolder import LOCK_FILE, check_sweep_folder, hydra_quoted, in_use, lock, refusal, release, unquoted
-from marlrun.runner import train
-from marlrun.sweep import job_outcomes, rerun_unfinished, run_job, summarize_sweep, sweep_dirs
+from marlrun.runfolder import (CONTINUABLE, LOCK_FILE, STOP_FILE, check_sweep_folder, hydra_quoted, in_use, lock, override_key, refusal,
+                               release, sweep_overrides, unquoted)
+from marlrun.runner import SAME_SIGNAL_WITHIN_S, STARTED_AT, train
+from marlrun.sweep import PART_WAY, job_outcomes, rerun_unfinished, run_job, status_main, summarize_sweep, sweep_dirs
 
 USAGE = """usage: marlrun <command> [options]
 
 commands:
   train    train an algorithm on an environment (Hydra overrides, e.g. `marlrun train algo.sharing=none seed=1`)
            `marlrun train --help` lists the config groups; `marlrun train --cfg job` prints the composed config;
-           `marlrun train resume=RUN_DIR [total_steps=N]` continues a run from its last checkpoint
+           `marlrun train resume=RUN_DIR [total_steps=N]` continues a run from its last checkpoint;
+           `marlrun train -m resume=SWEEP_DIR [time_limit=...]` continues a sweep in its folder
   report   compare runs: `marlrun report DIR [DIR ...]` groups runs by the config keys that differ, aggregates seeds
            (mean and 95% bootstrap interval of final return, area under the curve, steps to a threshold), writes CSV
            and learning-curve plots (`marlrun report --help`)
   eval     play a run's greedy policy from its checkpoint: `marlrun eval RUN_DIR [episodes=N] [seed=N] [render=true]`
            prints the training-time evaluation metrics; render=true writes a GIF/MP4 and adds it to TensorBoard
+  sweep    `marlrun sweep status SWEEP_DIR`: every job of a sweep, its state (finished, part-way at step N, not started,
+           failed), steps, run time and the time left from the measured speed
   bench    raw environment, acting and training throughput and peak memory per algorithm and environment case,
            side by side; a table and JSON (`marlrun bench --help`; `marlrun bench --case mfq-ising-256`)
 """
@@ -105,11 +111,13 @@ def _resume_args(args: list[str]) -> list[str] | str:
     resume = [a for a in args if a.startswith("resume=")]
     if not resume:
         return args
-    if "-m" in args or "--multirun" in args:
-        return "resume= continues one run; drop -m/--multirun (a sweep's jobs are resumed one by one)"
     value = unquoted(resume[-1].split("=", 1)[1])
+    if "-m" in args or "--multirun" in args:
+        return _sweep_resume_args(args, value)
     if not value:
         return "resume= needs a run folder: marlrun train resume=RUN_DIR"
+    if (Path(value).expanduser() / "multirun.yaml").is_file():
+        return f"resume: {value} is a sweep's folder; continue the sweep with marlrun train -m resume={value}"
     run_dir = Path(value).expanduser().resolve()
     saved = run_dir / ".hydra" / "config.yaml"
     if not run_dir.exists():
@@ -145,6 +153,42 @@ def _resume_args(args: list[str]) -> list[str] | str:
         "hydra/job_logging=none",  # as conf/config.yaml: no cli.log (the saved config's defaults do not say so)
         f"resume={hydra_quoted(run_dir)}", *rest,
     ]
+
+
+def _sweep_resume_args(args: list[str], value: str) -> list[str] | str:
+    """`-m resume=SWEEP_DIR`: the sweep's own command line again (its multirun.yaml's overrides), into its folder,
+    with what may change (CONTINUABLE keys, the launcher's settings) replaced by what this command gives."""
+    if not value:
+        return "resume= needs a sweep folder: marlrun train -m resume=SWEEP_DIR"
+    folder = Path(value).expanduser().resolve()
+    saved = folder / "multirun.yaml"
+    if not folder.is_dir():
+        return f"resume: {folder} does not exist; pass the folder a sweep printed at its end (marlrun train -m resume=SWEEP_DIR)"
+    if not saved.is_file():
+        run = " (a run's folder: continue it without -m)" if (folder / ".hydra" / "config.yaml").is_file() else ""
+        return f"resume: {folder} is not a sweep folder (no multirun.yaml){run}; pass the folder a sweep printed at its end"
+    try:
+        recorded = OmegaConf.load(saved).hydra.overrides
+        task, hydra_part = [str(o) for o in recorded.task], [str(o) for o in recorded.hydra]
+    except Exception as exc:
+        return f"resume: {saved} cannot be read ({type(exc).__name__}); it is not a Hydra sweep's multirun.yaml"
+    rest = [a for a in args if not a.startswith("resume=") and a not in ("-m", "--multirun")]
+    flags = [a for a in rest if a.startswith("-")]
+    new_task, new_hydra = sweep_overrides(rest)
+    for arg in new_task:
+        if override_key(arg) not in CONTINUABLE:
+            return (f"resume: {arg} would change the sweep; a continued sweep may change only {', '.join(CONTINUABLE)} and the "
+                    "launcher (hydra/launcher=..., hydra.launcher.*); start a new sweep to change it")
+    for arg in new_hydra:
+        if override_key(arg).startswith(("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.mode", "hydra.output_subdir")):
+            return f"resume: {arg} cannot be changed; a continued sweep keeps its folder {folder} and its sweeper"
+
+    def merged(before: list[str], after: list[str]) -> list[str]:  # an override given now replaces the recorded one
+        keys = {override_key(a) for a in after}
+        return [o for o in before if override_key(o) not in keys] + after
+
+    kept_hydra = [o for o in hydra_part if not override_key(o).startswith(("hydra.mode", "hydra.sweep.dir", "hydra.output_subdir"))]
+    return ["-m", *flags, *merged(task, new_task), *merged(kept_hydra, new_hydra), f"hydra.sweep.dir={hydra_quoted(folder)}"]
 
 
 def _remove_if_never_started(run_dir: Path, resume) -> None:
@@ -202,11 +246,16 @@ def _train(args: list[str]) -> int:
         return fail("--cfg and --info show one job's config; drop -m/--multirun to see it (the sweep's values are overrides)")
     if multirun and not any(a in ("--help", "-h", "--hydra-help") for a in args):
         try:
-            check_sweep_folder(args)
+            continuing = check_sweep_folder(args)
         except UserError as exc:
             return fail(str(exc))
         except OSError as exc:
             return fail(f"cannot write {exc.filename}: {exc.strerror}; choose another sweep folder with hydra.sweep.dir=PATH")
+        if continuing:  # the jobs' folders keep their .hydra/ files (a job new to the folder writes its own)
+            args = [*args, "hydra.output_subdir=null"]
+            console.print("continuing the sweep in its folder: finished jobs are left as they are, stopped ones resume "
+                          "from their checkpoints, the others start", soft_wrap=True)
+    os.environ.setdefault(STARTED_AT, str(time.time()))  # time_limit counts from here (a sweep's workers inherit it)
     job_state: dict = {}  # outlives the jobs a launcher runs in this process
 
     @hydra.main(config_path="pkg://marlrun.conf", config_name="config", version_base="1.3")
@@ -232,9 +281,12 @@ def _train(args: list[str]) -> int:
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us so we can print them on one line
     sys.argv = ["marlrun train", *args]
+    if multirun:
+        _stop_sweep_on_signals()
     try:
         app()
         if multirun:
+            _stop_workers()
             return _sweep_exit()
     except UserError as exc:
         return fail(str(exc))
@@ -253,6 +305,7 @@ def _train(args: list[str]) -> int:
     except KeyboardInterrupt:
         print("marlrun: interrupted", file=sys.stderr)
         if multirun:
+            _stop_workers()
             _sweep_exit()
         return EXIT_INTERRUPTED
     except Exception as exc:  # a launcher that lost a worker process (killed, out of memory): rerun the unfinished jobs
@@ -268,6 +321,57 @@ def _train(args: list[str]) -> int:
     if "error" in outcome:
         return fail(outcome["error"])
     return EXIT_INTERRUPTED if outcome.get("stopped") else 0
+
+
+def _worker_pids() -> list[int]:
+    """The joblib launcher's worker processes (loky's), if it started any in this process."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor
+    return list(getattr(executor, "_processes", None) or {}) if executor is not None else []
+
+
+def _stop_workers() -> None:
+    """End the joblib launcher's idle workers now (loky keeps them for the next sweep): a sweep leaves no process."""
+    if "joblib" not in sys.modules:
+        return
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+
+
+def _stop_sweep_on_signals() -> None:
+    """SIGTERM or SIGINT to a sweep's process: every running job stops after its step with a checkpoint, and no job
+    starts after it (the sweep's folders get a stop file the jobs look for); the signal is passed on to the joblib
+    launcher's workers, which a `kill PID` or a scheduler's signal does not reach (a Ctrl-C that reaches them too counts
+    once). A second signal stops the sweep at once."""
+    received: list[float] = []
+
+    def handle(signum, frame):
+        def forward():
+            for pid in _worker_pids() if "joblib" in sys.modules else []:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+        now = time.monotonic()
+        if received:
+            if now - received[0] < SAME_SIGNAL_WITHIN_S:
+                return
+            forward()
+            raise KeyboardInterrupt
+        received.append(now)
+        print(f"marlrun: {signal.Signals(signum).name}: stopping the sweep: running jobs stop after their step with a "
+              "checkpoint, no job starts; send it again to stop at once", file=sys.stderr)
+        for sweep_dir in sweep_dirs:
+            if sweep_dir.is_dir():
+                (sweep_dir / STOP_FILE).touch()
+        forward()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
 
 
 def _remove_sweeps_that_ran_nothing() -> None:
@@ -288,10 +392,17 @@ def _remove_sweeps_that_ran_nothing() -> None:
 
 def _sweep_exit() -> int:
     """Print the outcome of every job of the multirun(s) this process ran; 1 when any did not finish, or none ran."""
+    for d in sweep_dirs:
+        (d / STOP_FILE).unlink(missing_ok=True)
     failed = sum(summarize_sweep(d, console) for d in sweep_dirs if d.is_dir())
-    if not any(job_outcomes(d) for d in sweep_dirs if d.is_dir()):
+    jobs = [j for d in sweep_dirs if d.is_dir() for j in job_outcomes(d)]
+    if not jobs:
         fail("the sweep ran no job; check its sweeper settings (hydra.sweeper.*) and the values it sweeps")
         return 1
+    unfinished = [j for j in jobs if j["status"] != "finished"]
+    stopped = [j for j in unfinished if j["state"] == PART_WAY or j["status"].startswith("skipped")]
+    if failed and stopped and len(stopped) == len(unfinished) == failed:  # stopped by a signal or time_limit, none failed
+        return EXIT_INTERRUPTED
     return 1 if failed else 0
 
 
@@ -321,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         return guarded(report.main, rest)
     if command == "eval":
         return guarded(evaluation.main, rest)
-    return fail(f"unknown command '{command}'; commands: train, report, eval, bench (see `marlrun --help`)")
+    if command == "sweep":
+        return guarded(status_main, rest)
+    return fail(f"unknown command '{command}'; commands: train, report, eval, bench, sweep (see `marlrun --help`)")
 
 
 def guarded(command: Callable[[list[str]], int], args: list[str]) -> int:

@@ -81,7 +81,7 @@ class RunConfig:
     keep_checkpoints: int = 1  # newest checkpoints kept in <run>/checkpoints/ (each is written in full before the older one goes)
     save_replay: bool = True  # checkpoints include the replay buffers, so a resumed run continues exactly
     resume: Optional[str] = None  # set by `marlrun train resume=RUN_DIR`; do not set by hand
-    time_limit: Optional[str] = None  # stop this process's training after this long, with a checkpoint and status "stopped by time_limit" (resume continues it): seconds, or 90m, 2h30m, 1d (null: no limit)
+    time_limit: Optional[str] = None  # stop training this long after the `marlrun train` command started (a local sweep: its whole time; no job starts after it), with a checkpoint and status "stopped by time_limit" (resume continues it): seconds, or 90m, 2h30m, 1d (null: no limit)
     progress: bool = True  # rich progress bar
     print_config: bool = True  # print at start what runs where and why (device, precision, threads) and the composed config
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # where the scalars go besides metrics.jsonl (always written): tensorboard | wandb (offline into <run>/wandb unless logged in) | mlflow (outputs/mlruns/mlflow.db unless MLFLOW_TRACKING_URI is set)

@@ -16,12 +16,16 @@ import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from marlrun.errors import UserError
 
 LOCK_FILE = ".marlrun.lock"
 RUN_FILES = (".hydra", "metrics.jsonl", "summary.json", "checkpoints")  # any of these: the folder holds a run
+
+STOP_FILE = ".marlrun.stop"  # in a sweep's folder while it stops on a signal: its workers start no more jobs
+# keys a sweep run again into its folder may give anew (they change how it runs, not what it measures)
+CONTINUABLE = ("time_limit", "progress", "print_config", "hardware.torch_threads", "hardware.env_workers")
 
 _held: dict[Path, int] = {}  # folder -> file descriptor holding its lock, for this process
 
@@ -43,6 +47,24 @@ def lock(folder: Path) -> bool:
         return False
     _held[folder] = fd
     return True
+
+
+def locked_by_another(folder: Path) -> bool:
+    """Whether another process holds the folder's lock (a run going on there); takes nothing."""
+    folder = folder.resolve()
+    if folder in _held or not (folder / LOCK_FILE).exists():
+        return False
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def release(folder: Path | None = None) -> None:
@@ -165,17 +187,52 @@ class RunFolderGuard(Callback):
         release()
 
 
-def check_sweep_folder(args: list[str]) -> None:
-    """A sweep folder given on the command line must not hold another sweep's jobs (their folders would be reused)."""
+def override_key(override: str) -> str:
+    return str(override).split("=", 1)[0].strip().lstrip("+~")
+
+
+def experiment_overrides(overrides) -> list[str]:
+    """What a sweep's command line says about the experiment: its task overrides but the CONTINUABLE ones, sorted."""
+    return sorted(str(o).strip() for o in overrides if override_key(o) not in CONTINUABLE)
+
+
+def sweep_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """A multirun command line's task overrides and Hydra overrides (as Hydra tells them apart), flags left out."""
+    given = [a for a in args if not a.startswith("-")]
+    hydra_part = [a for a in given if a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    return [a for a in given if a not in hydra_part], hydra_part
+
+
+def check_sweep_folder(args: list[str]) -> bool:
+    """A sweep folder given on the command line either is new, or holds this same sweep (the same task overrides in
+    its multirun.yaml, keys that change only how it runs aside): then the command continues it, and True is returned.
+    A folder with another sweep's jobs is refused with the difference."""
     given = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+~") == "hydra.sweep.dir"]
     if not given or "${" in given[-1]:
-        return
+        return False
     value = unquoted(given[-1])
     folder = Path(value).expanduser().absolute()
     if not value:
         raise UserError("hydra.sweep.dir is empty; give the sweep a folder (hydra.sweep.dir=outputs/my_sweep) or leave it out for a dated one")
+    continuing = False
     if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
-        raise UserError(f"{folder} already holds a sweep's jobs; choose another folder with hydra.sweep.dir=PATH")
+        saved = folder / "multirun.yaml"
+        if not saved.is_file():
+            raise UserError(f"{folder} already holds jobs of a sweep marlrun cannot continue (no multirun.yaml: a search, or "
+                            "not a marlrun sweep); choose another folder with hydra.sweep.dir=PATH")
+        try:
+            before = experiment_overrides(OmegaConf.load(saved).hydra.overrides.task)
+        except Exception as exc:
+            raise UserError(f"{saved} cannot be read ({type(exc).__name__}); choose another folder with hydra.sweep.dir=PATH") from None
+        now = experiment_overrides(sweep_overrides(args)[0])
+        if now != before:
+            only_before, only_now = [o for o in before if o not in now], [o for o in now if o not in before]
+            raise UserError(f"{folder} holds another sweep: it ran {' '.join(only_before) or '(nothing more)'} where this command "
+                            f"gives {' '.join(only_now) or '(nothing)'}; continue it with `marlrun train -m resume={quoted(folder)}`, or "
+                            f"choose another folder with hydra.sweep.dir=PATH (only {', '.join(CONTINUABLE)} may change)")
+        continuing = True
     folder.mkdir(parents=True, exist_ok=True)
     if not lock(folder):
         raise in_use(folder)
+    (folder / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier command on this sweep
+    return continuing

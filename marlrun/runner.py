@@ -55,25 +55,42 @@ def config_tree(cfg: DictConfig) -> Tree:
 
 
 TWICE = "Ctrl-C (or SIGTERM) stops the run after it, twice stops it at once"
+STARTED_AT = "MARLRUN_STARTED_AT"  # when the `marlrun train` command started (epoch seconds): time_limit counts from it
+SAME_SIGNAL_WITHIN_S = 1.0  # a signal this soon after the first is the same one delivered twice (to the process group and forwarded)
+
+
+def command_started_at() -> float:
+    """When this process's ``marlrun train`` command started (a sweep's workers inherit it), else now."""
+    try:
+        return float(os.environ[STARTED_AT])
+    except (KeyError, ValueError):
+        return time.time()
 
 
 class StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks, so the run can stop with a checkpoint."""
+    """Turns SIGINT, SIGTERM and SIGUSR2 (a cluster scheduler's "time is nearly up", as submitit and SLURM's
+    ``--signal`` send it) into a flag the loop checks, so the run can stop with a checkpoint. ``passed_on`` says which
+    signal should reach the handler it replaced once the run has stopped (submitit's SIGUSR2: requeue the job)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self):
         self.received: str | None = None
         self.previous: dict = {}
+        self.at = 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.received is not None:  # a second Ctrl-C: stop at once
+            if time.monotonic() - self.at < SAME_SIGNAL_WITHIN_S:
+                return
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+        self.received, self.at = signal.Signals(signum).name, time.monotonic()
         console.print(f"marlrun: {self.received}: stopping after this step with a checkpoint; send it again to stop at once",
                       soft_wrap=True, markup=False, highlight=False)
 
@@ -163,10 +180,11 @@ class RandomPolicy:
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1, started_at: float | None = None) -> dict:
     """Train as ``cfg`` says, writing everything into ``run_dir``; returns the summary.
 
     ``parallel_jobs``: runs sharing this machine's cores (a joblib multirun), for the default torch thread count.
+    ``started_at``: the time ``cfg.time_limit`` counts from (default: when the ``marlrun train`` command started).
     Everything the run holds (environment workers, files, GPU memory) is released when it returns or fails, so a
     launcher may run the next job in the same process.
     """
@@ -198,6 +216,7 @@ def train(cfg: DictConfig, run_dir: str | Path, parallel_jobs: int = 1) -> dict:
             console.print(config_tree(cfg))
         run = Run(cfg, run_dir, algo, env, device, precision, resumes)
         run.hardware = built.hardware
+        run.started_at = command_started_at() if started_at is None else started_at
         if checkpoint:
             run.restore(checkpoint)
         run.open_writer(loggers, resumed=checkpoint is not None)
@@ -237,6 +256,7 @@ class Run:
         self.hardware: dict = {}  # what runs and why (hardware.explain)
         self.ep_return = torch.zeros(env.num_envs, env.spec.n_agents, device=device)
         self.ep_length = torch.zeros(env.num_envs, device=device)
+        self.started_at = time.time()  # what time_limit counts from
 
     def restore(self, checkpoint: dict) -> None:
         try:
@@ -274,7 +294,7 @@ class Run:
         self.start = time.perf_counter()
         self.interval_start, self.interval_steps, self.interval_updates = self.start, 0, algo.gradient_steps
         stopped = None
-        limit = parse_duration(cfg.time_limit) if cfg.time_limit else None
+        deadline = self.started_at + parse_duration(cfg.time_limit) if cfg.time_limit else None
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[speed]} steps/s"),
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -300,7 +320,7 @@ class Run:
                 first_step.done()  # its notice, if it has not come, will not
 
                 finished = self.env_steps >= cfg.total_steps
-                if limit is not None and not stop.received and time.perf_counter() - self.start >= limit:
+                if deadline is not None and not stop.received and time.time() >= deadline:
                     stop.received = "time_limit"  # this step is observed, logged and checkpointed as a signal's is
                 if finished or stop.received or self.env_steps >= min(self.next_log, self.next_ckpt):
                     self.tracker.add(algo.observe(*unobserved))  # so logs and checkpoints see every step

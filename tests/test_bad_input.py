@@ -182,7 +182,7 @@ CASES = [
     (["train", f"resume={R}", "env.n_evaders=2"], ["resume: env.n_evaders was 3 in this run, not 2", "start a new run"]),
     (["train", f"resume={R}", "hardware.num_envs=3"], ["resume: hardware.num_envs was 2"]),
     (["train", f"resume={R}", "total_steps=50"], ["total_steps=50 is below the"]),
-    (["train", f"resume={R}", "-m"], ["drop -m"]),
+    (["train", f"resume={R}", "-m"], ["not a sweep folder", "continue it without -m"]),
     (["train", "resume="], ["needs a run folder"]),
     (["train", "resume={root}/nowhere"], ["nowhere", "does not exist"]),
     (["train", "resume={root}/GARBAGE_CONFIG"], ["GARBAGE_CONFIG"]),

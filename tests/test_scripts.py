@@ -59,126 +59,28 @@ def test_the_small_heuristic_sweep_script_runs_and_reports(tmp_path):
     assert (out / "report" / "curves_sharing_fraction.png").exists()
 
 
-def test_sweep_status_lists_every_planned_run_and_sums_the_finished_ones(tmp_path):
+SMALL = ["algo.buffer_size=1000", "algo.learning_starts=100", "eval_episodes=2", "eval_interval=200", "log_interval=100",
+         "env.max_cycles=50", "hardware.torch_threads=1", "progress=false", "print_config=false"]
+
+
+def test_keep_results_copies_the_finished_jobs_logs_without_checkpoints_and_lists_every_job(tmp_path):
     import json
 
-    for group, seed, status, wall in [("none", 0, "finished", 3600.0), ("quantile", 0, "finished", 5400.0), ("none", 1, "stopped", 100.0)]:
-        folder = tmp_path / group / f"seed_{seed}"
-        folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps({"status": status, "final_eval_return": 10.0 + seed, "wall_time_s": wall,
-                                                         "precision": "fp32", "torch_threads": 2}))
-    script = Path(__file__).parent.parent / "scripts" / "sweep_status.py"
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), "none quantile", "0 1"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
-    assert (summary["runs_planned"], summary["runs_finished"], summary["wall_time_h"]) == (4, 2, 2.5)  # (3600 + 5400) s
-    assert [(r["group"], r["seed"], r["status"]) for r in summary["runs"]] == [
-        ("none", 0, "finished"), ("quantile", 0, "finished"), ("none", 1, "stopped"), ("quantile", 1, "not run yet")]
-    assert "2 of 4 runs finished, 2.5 h" in result.stdout
-    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "absent"), "none", "0"], capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not a folder of runs" in missing.stderr
-
-
-PURSUIT_SWEEP = Path(__file__).parent.parent / "scripts" / "super_pursuit.sh"
-SMALL = ["algo.buffer_size=1000", "algo.learning_starts=100", "eval_episodes=2", "eval_interval=1000", "log_interval=500", "env.max_cycles=50"]
-
-
-def pursuit_sweep(tmp_path, *overrides, **variables):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RESULTS": str(tmp_path / "results"),
-           "SWEEP_GROUPS": "none", "SWEEP_SEEDS": "0", "LANES": "1", "THREADS": "1", **variables}
-    return subprocess.run(["bash", str(PURSUIT_SWEEP), str(tmp_path / "out"), *SMALL, *overrides], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env=env)
-
-
-def test_the_pursuit_sweep_copies_a_finished_run_reports_it_and_skips_it_the_next_time(tmp_path):
-    import json
-
-    result = pursuit_sweep(tmp_path, "total_steps=400")
-    assert result.returncode == 0, result.stderr[-2000:]
-    kept = tmp_path / "results" / "none" / "seed_0"
-    assert {p.name for p in kept.iterdir()} == {"metrics.jsonl", "summary.json", ".hydra"}  # no checkpoint
-    assert json.loads((kept / "summary.json").read_text())["env_steps"] == 400
-    assert (tmp_path / "results" / "report" / "report.csv").exists()
-    summary = json.loads((tmp_path / "results" / "sweep_summary.json").read_text())
-    assert (summary["runs_planned"], summary["runs_finished"]) == (39, 1)  # 13 groups x 3 seeds
-    log = tmp_path / "out" / "logs" / "none_seed_0.log"
-    log.write_text("")
-    assert pursuit_sweep(tmp_path, "total_steps=400").returncode == 0
-    assert log.read_text() == ""  # finished: not run again
-
-
-def test_the_pursuit_sweep_stops_its_runs_at_SWEEP_STOP_AT_with_a_checkpoint_and_resumes_them(tmp_path):
-    import json
-
-    endless = "total_steps=100000000"
-    first = pursuit_sweep(tmp_path, endless, SWEEP_STOP_AT="now + 40 seconds")
-    assert first.returncode == 0, first.stderr[-2000:]
-    run = tmp_path / "out" / "none" / "seed_0"
-    stopped = json.loads((run / "summary.json").read_text())
-    assert stopped["status"] == "stopped by SIGTERM" and 0 < stopped["env_steps"] < 100_000_000
-    assert [p.name for p in (run / "checkpoints").glob("step_*.pt")] == [f"step_{stopped['env_steps']:010d}.pt"]
-    assert not (tmp_path / "results" / "none").exists()  # not finished: not copied, not reported
-    assert json.loads((tmp_path / "results" / "sweep_summary.json").read_text())["runs_finished"] == 0
-    second = pursuit_sweep(tmp_path, endless, SWEEP_STOP_AT="now + 40 seconds")
-    assert second.returncode == 0, second.stderr[-2000:]
-    log = " ".join((tmp_path / "out" / "logs" / "none_seed_0.log").read_text().split())  # (the console wraps long lines)
-    assert "resuming" in log and f"from env step {stopped['env_steps']:,}" in log
-    assert json.loads((run / "summary.json").read_text())["env_steps"] > stopped["env_steps"]
-
-
-@pytest.mark.parametrize("stop_at, says", [("garbage", "is not a time date -d reads"), ("yesterday", "in the past")])
-def test_the_pursuit_sweep_refuses_a_stop_time_it_cannot_use_in_one_line(tmp_path, stop_at, says):
-    result = pursuit_sweep(tmp_path, SWEEP_STOP_AT=stop_at)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-STAND_IN = """#!/usr/bin/env bash
-# stands in for marlrun in the queue's tests: notes each call, trains for SECONDS_A_RUN and leaves a finished run
-echo "$(date +%s.%N) start $*" >> "$CALLS"
-if [[ $1 == train ]]; then
-  for arg in "$@"; do case $arg in hydra.run.dir=*|resume=*) dir=${arg#*=} ;; esac; done
-  sleep "$SECONDS_A_RUN"
-  mkdir -p "$dir/.hydra" && : > "$dir/metrics.jsonl" && echo '{"status": "finished"}' > "$dir/summary.json"
-fi
-echo "$(date +%s.%N) end $*" >> "$CALLS"
-"""
-
-
-def sweep_with_a_stand_in(tmp_path, **variables):
-    """The pursuit sweep with a stand-in for marlrun; returns its train calls as (start, end, run folder), in order."""
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    (bin_dir / "marlrun").write_text(STAND_IN)
-    (bin_dir / "marlrun").chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls),
-           "SECONDS_A_RUN": "2"}
-    result = pursuit_sweep(tmp_path, **{**env, **variables})
-    assert result.returncode == 0, result.stderr[-2000:]
-    starts, ends = {}, {}
-    for line in calls.read_text().splitlines():
-        time, what, command, *args = line.split()
-        if command == "train":
-            folder = next(a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "resume=")))
-            (starts if what == "start" else ends)[Path(folder).relative_to(tmp_path / "out").as_posix()] = float(time)
-    return sorted((starts[f], ends[f], f) for f in starts)
-
-
-def test_the_pursuit_sweeps_lanes_share_one_queue_so_none_idles_while_runs_are_left(tmp_path):
-    # with one lane per run in turn, lane 0's runs (none and quantile) are finished already and lane 1 would run all then gaussian
-    for group in ("none", "quantile"):
-        (tmp_path / "results" / group / "seed_0").mkdir(parents=True)
-        (tmp_path / "results" / group / "seed_0" / "summary.json").write_text('{"status": "finished"}')
-    runs = sweep_with_a_stand_in(tmp_path, LANES="2", SWEEP_GROUPS="none all quantile gaussian", SWEEP_SEEDS="0")
-    assert [folder for _, _, folder in runs] == ["all/seed_0", "gaussian/seed_0"]
-    (first_start, first_end, _), (second_start, _, _) = runs
-    assert second_start < first_end  # side by side, one on each lane
-    assert all((tmp_path / "results" / group / "seed_0" / "summary.json").exists() for group in ("all", "gaussian"))
-
-
-def test_the_pursuit_sweep_finishes_runs_part_way_before_it_starts_new_ones(tmp_path):
-    checkpoints = tmp_path / "out" / "all" / "seed_1" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "step_0000000100.pt").write_bytes(b"")
-    runs = sweep_with_a_stand_in(tmp_path, LANES="1", SWEEP_GROUPS="none all", SWEEP_SEEDS="0 1", SECONDS_A_RUN="0")
-    assert [folder for _, _, folder in runs] == ["all/seed_1", "none/seed_0", "all/seed_0", "none/seed_1"]
+    sweep, results = tmp_path / "sweep", tmp_path / "results"
+    ran = subprocess.run([sys.executable, "-m", "marlrun.cli", "train", "-m", "experiment=super_sweep", "seed=0", "+super_pursuit=none,vdn",
+                          "total_steps=400", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    keep = Path(__file__).parent.parent / "scripts" / "keep_results.py"
+    kept = subprocess.run([sys.executable, str(keep), str(sweep), str(results)], capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["0_super_pursuit=none", "1_super_pursuit=vdn", "sweep_summary.json"]
+    assert {p.name for p in (results / "1_super_pursuit=vdn").iterdir()} == {"metrics.jsonl", "summary.json", ".hydra"}  # no checkpoint
+    assert [j["state"] for j in json.loads((results / "sweep_summary.json").read_text())] == ["finished", "finished"]
+    assert "2 of 2 jobs finished and kept" in kept.stdout
+    report = subprocess.run([sys.executable, "-m", "marlrun.cli", "report", str(results)], cwd=tmp_path, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    with open(results / "report" / "report.csv") as f:
+        groups = {row["group"] for row in csv.DictReader(f)}
+    assert groups == {"+super_pursuit=none", "+super_pursuit=vdn"}  # named by the arm
+    refused = subprocess.run([sys.executable, str(keep), str(tmp_path), str(results)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "not a sweep folder" in refused.stderr
