@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
 
 from marlrun.errors import UserError, require
 from marlrun.hardware import HardwareConfig
@@ -74,8 +74,8 @@ class RunConfig:
     hardware: HardwareConfig = MISSING  # hardware=auto | cpu | cuda (conf/hardware/)
     seed: int = 0  # seeds python, numpy, torch and every environment copy
     total_steps: int = 200_000  # environment steps to train for, summed over parallel copies
-    log_interval: int = 5_000  # env steps between metric records (TensorBoard and metrics.jsonl)
-    eval_interval: int = 50_000  # env steps between greedy evaluations; 0 = only at the end
+    log_interval: int = II("interval:${total_steps},20,5000")  # env steps between metric records (TensorBoard and metrics.jsonl); default: total_steps / 20, at most 5,000
+    eval_interval: int = II("interval:${total_steps},5,50000")  # env steps between greedy evaluations, besides one at step 0 and one at the end; default: total_steps / 5, at most 50,000; 0 = only at the end
     eval_episodes: int = 10  # greedy episodes per evaluation, played side by side; 0 = no evaluation
     checkpoint_interval: int = 50_000  # env steps between checkpoints; one is also written at the end and on Ctrl-C/SIGTERM
     keep_checkpoints: int = 1  # newest checkpoints kept in <run>/checkpoints/ (each is written in full before the older one goes)
@@ -105,6 +105,12 @@ class RunConfig:
 GROUPS = ("algo", "env", "hardware", "experiment")
 
 
+def fitted_interval(total_steps, parts, at_most) -> int:
+    """``${interval:${total_steps},5,50000}``: an interval that gives a run of ``total_steps`` at least ``parts`` of them
+    (a short run still logs and evaluates a few times), and no more than ``at_most`` steps apart."""
+    return max(1, min(int(at_most), int(total_steps) // int(parts)))
+
+
 def config_groups() -> str:
     """``group: option, option...`` for every config group under conf/, for ``marlrun train --help`` (Hydra's own
     list would show the schema/ groups too, which are not options)."""
@@ -118,6 +124,7 @@ def config_groups() -> str:
 
 def register_configs() -> None:
     OmegaConf.register_new_resolver("marlrun_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("interval", fitted_interval, replace=True)
     OmegaConf.register_new_resolver("marlrun_keys", key_help, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="marlrun_schema", node=RunConfig)

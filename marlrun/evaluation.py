@@ -19,7 +19,7 @@ from marlrun.console import console
 from marlrun.errors import UserError
 from marlrun.hardware import HardwareConfig, resolve_device
 from marlrun.metrics import write_json
-from marlrun.render import add_animation_to_tensorboard, write_animation
+from marlrun.render import add_animation_to_tensorboard, captioned, write_animation
 from marlrun.runner import evaluate
 
 USAGE = """usage: marlrun eval RUN_DIR [key=value ...]
@@ -136,7 +136,10 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise UserError(f"{path} does not fit the run's config ({type(exc).__name__}); was .hydra/config.yaml edited?") from None
         frames: list = []
-        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=(lambda e: frames.append(e.frame(0))) if render else None)
+        def record(e, t: int, ret: float) -> None:  # the first copy's state, with the step, time and return so far under it
+            frames.append(captioned(e.frame(0), f"{cfg.algo.name} on {cfg.env.name}, step {step:,}: t={t}, return {ret:.2f}", e.legend))
+
+        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=record if render else None)
     finally:
         env.close()
 

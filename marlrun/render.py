@@ -4,7 +4,8 @@ Each environment draws itself: ``env.frame(index)`` (part of the ``VecEnv`` cont
 current state as an RGB uint8 array [H, W, 3], drawn with numpy only (no display needed), every frame of one
 environment the same size; the environment's own module holds its painter. This module holds what those painters
 share, and names no environment: the colours (RGB) and pixel helpers (``cells``: a colour grid as blocks of pixels;
-``fill``: one grid cell; ``disc``: a filled circle).
+``fill``: one grid cell; ``label_cell``: a count written in one; ``disc``: a filled circle), and ``captioned``, which
+adds a strip with a line of text (step, return) and the environment's ``legend`` below a frame.
 
 ``write_animation(frames, path, fps)`` writes a ``.gif`` (Pillow) or ``.mp4`` (imageio + imageio-ffmpeg),
 ``add_animation_to_tensorboard(log_dir_or_writer, tag, frames, step, fps)`` adds an animated GIF image
@@ -45,6 +46,45 @@ def cells(colours: np.ndarray, cell_h: int, cell_w: int | None = None) -> np.nda
 def fill(img: np.ndarray, x: int, y: int, cell: int, colour, inset: int = 0) -> None:
     """Paint grid cell (x, y) (column x, row y) of an image made of cell x cell blocks, ``inset`` pixels in."""
     img[y * cell + inset : (y + 1) * cell - inset, x * cell + inset : (x + 1) * cell - inset] = colour
+
+
+def label_cell(img: np.ndarray, x: int, y: int, cell: int, text: str, colour=WHITE) -> None:
+    """Write ``text`` (a count: agents sharing grid cell (x, y)) in the middle of that cell."""
+    from PIL import Image, ImageDraw
+
+    block = Image.fromarray(np.ascontiguousarray(img[y * cell : (y + 1) * cell, x * cell : (x + 1) * cell]))
+    draw = ImageDraw.Draw(block)
+    left, top, right, bottom = draw.textbbox((0, 0), text)
+    draw.text(((cell - (right - left)) / 2 - left, (cell - (bottom - top)) / 2 - top), text, fill=colour)
+    img[y * cell : (y + 1) * cell, x * cell : (x + 1) * cell] = np.asarray(block)
+
+
+def captioned(frame: np.ndarray, text: str, legend=()) -> np.ndarray:
+    """``frame`` with a white strip below it: ``text`` (the step, time and return of an evaluation episode) and a
+    legend, a small square of each colour with its name (``legend``: (name, RGB) pairs, the environment's ``legend``).
+    Every frame given the same legend and a frame of the same size comes out the same size."""
+    from PIL import Image, ImageDraw
+
+    width = frame.shape[1]
+    line = 12
+    rows = [[]]
+    x = 4
+    for name, colour in legend:  # the legend wraps to as many lines as the frame's width needs
+        needed = 12 + 6 * len(name) + 8
+        if x + needed > width and rows[-1]:
+            rows.append([])
+            x = 4
+        rows[-1].append((x, name, colour))
+        x += needed
+    strip = Image.new("RGB", (width, 4 + line * (1 + len(rows)) + 2), WHITE)
+    draw = ImageDraw.Draw(strip)
+    draw.text((4, 3), text, fill=BLACK)
+    for r, row in enumerate(rows):
+        top = 3 + line * (r + 1)
+        for x, name, colour in row:
+            draw.rectangle([x, top + 1, x + 8, top + 9], fill=tuple(int(c) for c in colour), outline=GREY)
+            draw.text((x + 12, top), name, fill=BLACK)
+    return np.concatenate([frame, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
 def disc(img: np.ndarray, row: float, col: float, radius: float, colour) -> None:

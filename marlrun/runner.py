@@ -141,7 +141,7 @@ class seeded_policy:
 
 def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) -> dict[str, float]:
     """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed), the policy's random numbers
-    drawn from ``seed``; returns the means of ``episode_scalars``. ``frame(env)``, if given, is called in every state
+    drawn from ``seed``; returns the means of ``episode_scalars``. ``frame(env, t, ret)``, if given, is called in every state
     copy 0 acts in (to record an animation of its episode)."""
     obs = env.reset()
     returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
@@ -151,7 +151,7 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) ->
     with seeded_policy(algo, seed, obs.device):
         while running.any():
             if frame is not None and running[0]:
-                frame(env)
+                frame(env, int(lengths[0]), float(returns[0].mean()))
             step = env.step(algo.act(obs, env_steps, greedy=True, context=env.context()))
             returns += step.reward * running[:, None]
             lengths += running
@@ -300,6 +300,8 @@ class Run:
             TextColumn("return {task.fields[ret]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, disable=not (cfg.progress and console.is_terminal), refresh_per_second=4,
         )
+        if self.env_steps == 0 and self.next_eval is not None and cfg.eval_episodes > 0:  # the untrained policy, to read the others against
+            self.writer.write(0, self.evaluate())
         first_step = taking_long("the first step of training", TWICE)
         with StopSignal() as stop, progress, first_step:
             task = progress.add_task(f"{cfg.algo.name} on {cfg.env.name}", total=cfg.total_steps, completed=self.env_steps, speed="-", ret="-")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -188,6 +189,24 @@ def read_summary(folder: Path) -> dict:
         return {}
 
 
+def rounded(overrides: str) -> str:
+    """Overrides as a table shows them: a number with more than 4 significant digits (a searched learning rate such as
+    0.00012345678901234567) rounded to 4; the full values stay in the jobs' .hydra/overrides.yaml."""
+    def short(match):
+        text = match.group(0)
+        digits = len(text.lstrip("-+0.").replace(".", "").split("e")[0].split("E")[0].rstrip("0"))
+        return f"{float(text):.4g}" if digits > 4 and any(c in text for c in ".eE") else text  # (integers stay whole)
+
+    def one(override: str) -> str:
+        key, eq, value = override.partition("=")
+        return key + eq + NUMBER.sub(short, value) if eq else override
+
+    return " ".join(one(o) for o in overrides.split())
+
+
+NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+
 def job_state(folder: Path) -> tuple[str, int | None, str]:
     """A job's state from its folder, its env steps so far and why (the summary's status): finished (or diverged:
     an outcome too), part-way (a checkpoint, not finished: stopped, killed or requeued), running (another process
@@ -250,6 +269,9 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
     if before == FINISHED or (before == FAILED and steps is not None):  # finished or diverged: an outcome, left as it is
         console.print(f"job {run_dir.name}: {read_summary(run_dir).get('status')} before; left as it is", soft_wrap=True)
         return run_objective(run_dir)[0]
+    if before == RUNNING:  # another process trains in this folder: its files are its own
+        console.print(f"[red]job {run_dir.name}[/]: another marlrun process is running it; left to that process", soft_wrap=True)
+        return None
     sweep_stopping = (run_dir.parent / STOP_FILE).exists()  # the sweep's folder (job folders are its sub-folders)
     why_not = ("the sweep was interrupted before this job started" if state.get("interrupted") or sweep_stopping else
                f"time_limit={cfg.time_limit} had passed before this job started" if past_time_limit(cfg, hydra_cfg) else None)
@@ -326,7 +348,7 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
         style = "green" if j in done else "red"
         ret = "-" if j["final_eval_return"] is None else f"{j['final_eval_return']:.3f}"
         wall = "-" if j["wall_time_s"] is None else f"{j['wall_time_s']:.0f}"
-        cells = [j["job"], j["swept"], f"[{style}]{state_text(j)}", ret]
+        cells = [j["job"], rounded(j["swept"]), f"[{style}]{state_text(j)}", ret]
         if search:
             cells.append("failed trial" if j["objective"] is None else f"[bold green]{j['objective']:.4g} best" if j["best"] else f"{j['objective']:.4g}")
         table.add_row(*cells, wall)
@@ -346,11 +368,11 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
         if best is None:
             console.print("[red]no trial was scored[/]: the search has no best trial")
         else:
-            overrides = best["swept"] or " ".join(best["overrides"])  # what sets it apart from the other trials
+            overrides = rounded(best["swept"] or " ".join(best["overrides"]))  # what sets it apart from the other trials
             console.print(f"[bold green]best trial[/]: job {best['job']} ({overrides}): objective {best['objective']:.6g}  [dim]{best['run_dir']}")
         results = search["results"]
         if isinstance(results, dict) and "best_params" in results:
-            params = " ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items())
+            params = rounded(" ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items()))
             console.print(f"Optuna's best: {params}: {results.get('best_value')}  [dim]{sweep_dir / RESULTS_FILE}")
     if search is None and any(j["state"] in (PART_WAY, NOT_STARTED) or j["state"] == FAILED and j["env_steps"] is None for j in jobs):
         console.print(f"continue the sweep (finished jobs are left as they are): marlrun train -m resume={quoted(sweep_dir)}", soft_wrap=True)
@@ -454,7 +476,7 @@ def status_main(args: list[str]) -> int:
     style = {FINISHED: "green", PART_WAY: "yellow", RUNNING: "cyan", NOT_STARTED: "dim", FAILED: "red"}
     for j, t in zip(jobs, left):
         steps = "-" if j["env_steps"] is None else f"{j['env_steps']:,}" + (f" / {j['total_steps']:,}" if j["total_steps"] else "")
-        table.add_row(j["job"], j["swept"], f"[{style[j['state']]}]{state_text(j, short=True)}", steps, duration(j["wall_time_s"]),
+        table.add_row(j["job"], rounded(j["swept"]), f"[{style[j['state']]}]{state_text(j, short=True)}", steps, duration(j["wall_time_s"]),
                       "-" if not j["steps_per_sec"] else f"{j['steps_per_sec']:,.0f}", "-" if t is None else duration(t) if t else "")
     out.print(table)
     known = [t for t in left if t is not None]

@@ -115,3 +115,13 @@ def test_mean_field_presets_set_the_sides(compose_cfg, experiment, controller, o
     cfg = compose_cfg([f"experiment={experiment}"])
     assert (cfg.algo.name, cfg.env.name, cfg.algo.controller, cfg.algo.opponent) == ("mfq", "battle", controller, opponent)
     assert cfg.eval_episodes == 50  # the paper's 50 evaluation rounds
+
+
+def test_log_and_eval_intervals_fit_a_short_run_unless_given(compose_cfg):
+    short = validate(compose_cfg(["total_steps=10000"]))
+    assert (short.eval_interval, short.log_interval) == (2000, 500)  # 5 evaluations (and one at step 0), 20 records
+    long = validate(compose_cfg(["total_steps=10000000"]))
+    assert (long.eval_interval, long.log_interval) == (50000, 5000)  # the caps: the defaults of a long run
+    given = validate(compose_cfg(["total_steps=10000", "eval_interval=3000", "log_interval=1000"]))
+    assert (given.eval_interval, given.log_interval) == (3000, 1000)
+    assert validate(compose_cfg(["total_steps=3"])).log_interval == 1

@@ -246,7 +246,7 @@ def test_a_step_that_never_ends_says_so_and_a_second_sigterm_stops_it_at_once(tm
     """A step the config made huge (an MCMC step of a billion sweeps): the first SIGTERM says it will stop after the
     step; the second stops the run at once (exit 130), as a double Ctrl-C does."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", "algo=mcmc", "env=ising", "env.L=16", "algo.sweeps=1000000000",
+    proc = subprocess.Popen([sys.executable, "-m", "marlrun.cli", "train", "algo=mcmc", "env=ising", "env.L=16", "algo.sweeps=1000000000", "eval_episodes=0",
                              "hardware=cpu", "progress=false", "print_config=false", f"hydra.run.dir={run}"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     notice = proc.stderr.readline()  # the step's notice, after 15 s in it: the loop, and its signal handling, are on

@@ -294,3 +294,21 @@ def test_animation_reads_back_from_tensorboard(tmp_path):
     render.add_animation_to_tensorboard(writer, "eval/later", colour_frames(4, 6, 8), step=11)  # a closed writer's folder
     images = EventAccumulator(str(tmp_path / "b")).Reload().Images("eval/later")
     assert [(i.width, i.height, i.step) for i in images] == [(8, 6, 11)]
+
+
+def test_an_evaluation_frame_carries_its_step_return_and_legend_and_counts_agents_sharing_a_cell():
+    from marlrun.envs.pursuit_native import draw_pursuit, pursuit_legend, rectangle_map
+
+    building = rectangle_map(16, 16)
+    frame = draw_pursuit(building, np.array([[1, 1], [1, 1], [3, 1]]), np.array([[8, 12]]), 7)
+    c = PURSUIT_CELL
+    shared, alone = frame[c + 2:2 * c - 2, c + 2:2 * c - 2], frame[c + 2:2 * c - 2, 3 * c + 2:4 * c - 2]  # (1, 1): two pursuers
+    assert (alone == render.RED).all() and not (shared == render.RED).all()  # a "2" written on the shared cell
+    legend = pursuit_legend(7)
+    a = render.captioned(frame, "super_ddqn on pursuit, step 1,000: t=3, return 1.00", legend)
+    b = render.captioned(frame, "super_ddqn on pursuit, step 2,000: t=3, return 1.00", legend)
+    assert a.shape[1] == frame.shape[1] and a.shape[0] > frame.shape[0] and (a[: frame.shape[0]] == frame).all()
+    assert a.shape == b.shape and (a != b).any()  # the step is written under the picture
+    strip = a[frame.shape[0]:]
+    assert all((strip == colour).all(-1).sum() >= 40 for _, colour in legend)  # a swatch of every colour of the legend
+    assert [name for name, _ in legend][:3] == ["pursuer", "evader", "obstacle"]

@@ -155,7 +155,7 @@ def test_find_runs_in_job_order_at_any_depth_skipping_checkpoints(tmp_path):
 def test_grouping_finds_exactly_the_differing_key(sweep):
     runs = report.load_runs([sweep])
     groups = report.group_runs(runs)
-    assert [g.label for g in groups] == ["algo.sharing=none", "algo.sharing=quantile"]
+    assert [g.label for g in groups] == ["independent DDQN", "SUPER quantile"]  # the methods' names (keys in g.values)
     assert [list(g.values) for g in groups] == [["algo.sharing"], ["algo.sharing"]]
     assert [[r.seed for r in g.runs] for g in groups] == [[0, 1, 2], [0, 1, 2]]
     assert runs[0].config["run_name"] == "super_ddqn_pursuit"  # interpolations resolved
@@ -171,12 +171,12 @@ def test_grouping_with_nothing_differing_and_with_ignored_keys(tmp_path):
     make_run(tmp_path / "mixed" / "1", sharing="quantile", device="cuda", extra={"algo": {"lr": 0.5}})
     runs = report.load_runs([tmp_path / "mixed"])
     assert report.differing_keys(runs) == ["algo.sharing", "algo.lr", "hardware.device"]  # config order, no seed
-    assert [g.label for g in report.group_runs(runs)] == ["algo.sharing=none, algo.lr=0.00016, hardware.device=cpu",
-                                                           "algo.sharing=quantile, algo.lr=0.5, hardware.device=cuda"]
+    assert [g.label for g in report.group_runs(runs)] == ["independent DDQN, algo.lr=0.00016, hardware.device=cpu",
+                                                           "SUPER quantile, algo.lr=0.5, hardware.device=cuda"]  # what else differs
     labels = [g.label for g in report.group_runs(runs, ignore=["hardware", "algo"])]
     assert labels == ["all runs"]
     labels = [g.label for g in report.group_runs(runs, ignore=["hardware"])]
-    assert "hardware.device" not in labels[0] and "algo.sharing=none" in labels[0]
+    assert "hardware.device" not in labels[0] and labels[0] == "independent DDQN, algo.lr=0.00016"
 
 
 def test_many_differing_keys_are_labelled_by_the_overrides_that_tell_groups_apart(tmp_path):
@@ -186,7 +186,14 @@ def test_many_differing_keys_are_labelled_by_the_overrides_that_tell_groups_apar
         make_run(tmp_path / "s" / str(seed + 2), seed=seed, extra=maddpg, overrides=["algo=maddpg", f"seed={seed}", "experiment=x"])
     runs = report.load_runs([tmp_path / "s"])
     groups = report.group_runs(runs)
-    assert [g.label for g in groups] == ["algo=super_ddqn", "algo=maddpg"]
+    assert [g.label for g in groups] == ["independent DDQN", "MADDPG"]
+    maddpg["algo"]["name"] = "custom"  # an algorithm without a name: the overrides that tell the groups apart
+    for seed in range(2):
+        make_run(tmp_path / "c" / str(seed), seed=seed, overrides=["algo=super_ddqn", f"seed={seed}", "experiment=x"])
+        make_run(tmp_path / "c" / str(seed + 2), seed=seed, extra=maddpg, overrides=["algo=custom", f"seed={seed}", "experiment=x"])
+    runs = report.load_runs([tmp_path / "c"])
+    groups = report.group_runs(runs)
+    assert [g.label for g in groups] == ["algo=super_ddqn", "algo=custom"]
     assert list(groups[0].values) == ["algo.name", "algo.lr", "run_name", "algo.tau", "algo.gamma", "algo.hidden"]  # kept for the CSV
     assert [[r.seed for r in g.runs] for g in groups] == [[0, 1], [0, 1]]
 
@@ -208,7 +215,7 @@ def test_report_statistics_match_numpy_reference(sweep, tmp_path):
     text = run_report([sweep, "--threshold", threshold, "--bootstrap", 800, "--seed", 3, "--out", out, "--no-plots"])
     rows = read_csv(out / "report.csv")
     assert [(r["group"], r["algo.sharing"], r["metric"], r["runs"]) for r in rows] == [
-        ("algo.sharing=none", "none", "eval/episode_return", "3"), ("algo.sharing=quantile", "quantile", "eval/episode_return", "3")]
+        ("independent DDQN", "none", "eval/episode_return", "3"), ("SUPER quantile", "quantile", "eval/episode_return", "3")]
     for row, sharing in zip(rows, ("none", "quantile")):
         points = [eval_series(sharing, seed) for seed in range(3)]
         finals = [v[-1] for _, v in points]
@@ -224,11 +231,11 @@ def test_report_statistics_match_numpy_reference(sweep, tmp_path):
         assert float(row["steps_to_threshold_mean"]) == pytest.approx(np.mean(reached))
         assert float(row["threshold"]) == threshold
     assert rows[0]["reached"] == "2" and rows[1]["reached"] == "3"
-    assert "algo.sharing=quantile" in text and "2/3" in text and "threshold 0.5 (--threshold)" in text
+    assert "SUPER quantile" in text and "2/3" in text and "threshold 0.5 (--threshold)" in text
 
     runs = read_csv(out / "runs.csv")
     assert [(r["folder"].split("/")[-1], r["group"], r["seed"], r["status"], r["included"]) for r in runs] == [
-        (str(job), f"algo.sharing={sharing}", str(seed), "finished", "true")
+        (str(job), {"none": "independent DDQN", "quantile": "SUPER quantile"}[sharing], str(seed), "finished", "true")
         for job, (sharing, seed) in enumerate((s, k) for s in ("none", "quantile") for k in range(3))]
     first_s, first_v = eval_series("quantile", 1)
     assert float(runs[4]["final"]) == pytest.approx(first_v[-1])
@@ -361,7 +368,7 @@ def test_several_dirs_default_to_report_in_the_working_folder(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     run_report(["a", "b", *FAST])
     rows = read_csv(tmp_path / "report" / "report.csv")
-    assert [r["group"] for r in rows] == ["algo.sharing=none", "algo.sharing=quantile"]
+    assert [r["group"] for r in rows] == ["independent DDQN", "SUPER quantile"]
 
 
 # ---------------------------------------------------------------------------- mistakes
@@ -471,11 +478,11 @@ def test_report_gives_iqm_comparisons_and_profiles(sweep, tmp_path):
         assert float(row["final_iqm_ci_low"]) <= float(row["final_iqm"]) <= float(row["final_iqm_ci_high"])
     better = read_csv(out / "improvement.csv")
     assert [(r["a"], r["b"], r["statistic"], float(r["p_a_beats_b"])) for r in better] == [
-        ("algo.sharing=quantile", "algo.sharing=none", "final", 1.0), ("algo.sharing=quantile", "algo.sharing=none", "auc", 1.0),
-        ("algo.sharing=none", "algo.sharing=quantile", "final", 0.0), ("algo.sharing=none", "algo.sharing=quantile", "auc", 0.0)]
+        ("SUPER quantile", "independent DDQN", "final", 1.0), ("SUPER quantile", "independent DDQN", "auc", 1.0),
+        ("independent DDQN", "SUPER quantile", "final", 0.0), ("independent DDQN", "SUPER quantile", "auc", 0.0)]
     profile = read_csv(out / "profile.csv")
-    assert {r["group"] for r in profile} == {"algo.sharing=none", "algo.sharing=quantile"}
-    none = [r for r in profile if r["group"] == "algo.sharing=none"]
+    assert {r["group"] for r in profile} == {"independent DDQN", "SUPER quantile"}
+    none = [r for r in profile if r["group"] == "independent DDQN"]
     finals = np.array([eval_series("none", seed)[1][-1] for seed in range(3)])
     for r in none:
         assert float(r["fraction_above"]) == pytest.approx(np.mean(finals > float(r["tau"])))
@@ -518,7 +525,7 @@ def test_compare_names_a_group_by_its_config_when_the_table_labels_groups_by_the
 
 
 def test_compare_names_an_unknown_or_ambiguous_group_with_one_clear_error(sweep, tmp_path):
-    with pytest.raises(UserError, match=r"no group is named 'gaussian'; the groups are: 'algo.sharing=none'; 'algo.sharing=quantile'"):
+    with pytest.raises(UserError, match=r"no group is named 'gaussian'; the groups are: 'independent DDQN'; 'SUPER quantile'"):
         report.main([str(sweep), "--compare", "quantile", "gaussian", *FAST])
     with pytest.raises(UserError, match="names 2 groups"):
         report.main([str(sweep), "--compare", "algo.sharing", "none", *FAST])

@@ -42,5 +42,5 @@ def test_resume_refuses_another_experiment_and_takes_a_longer_one(tmp_path, fami
     longer = run_cli("train", f"resume={run}", "total_steps=400", "log_interval=50", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     steps = [r["step"] for r in read_metrics(run)]
-    assert steps == sorted(set(steps)) and steps[:2] == [100, 200] and steps[-1] == 400  # each step once, in order
+    assert steps == sorted(set(steps)) and steps[:3] == [0, 100, 200] and steps[-1] == 400  # each step once, in order
     assert [s for s in steps if s > 200] == [250, 300, 350, 400]  # the new log interval from the resume on

@@ -53,9 +53,9 @@ def test_the_small_heuristic_sweep_script_runs_and_reports(tmp_path):
     with open(out / "report" / "report.csv") as f:
         rows = list(csv.DictReader(f))
     returns = [r for r in rows if r["metric"] == "eval/episode_return"]
-    assert [r["group"] for r in returns] == ["algo.sharing=none", "algo.sharing=quantile"] and all(r["runs"] == "2" for r in returns)
+    assert [r["group"] for r in returns] == ["independent DDQN", "SUPER quantile"] and all(r["runs"] == "2" for r in returns)
     shared = {r["group"]: float(r["final_mean"]) for r in rows if r["metric"] == "sharing/fraction"}
-    assert shared["algo.sharing=none"] == 0.0 and shared["algo.sharing=quantile"] > 0.0  # quantile sharing shares
+    assert shared["independent DDQN"] == 0.0 and shared["SUPER quantile"] > 0.0  # quantile sharing shares
     assert (out / "report" / "curves_sharing_fraction.png").exists()
 
 
@@ -81,6 +81,6 @@ def test_keep_results_copies_the_finished_jobs_logs_without_checkpoints_and_list
     assert report.returncode == 0, report.stderr
     with open(results / "report" / "report.csv") as f:
         groups = {row["group"] for row in csv.DictReader(f)}
-    assert groups == {"+super_pursuit=none", "+super_pursuit=vdn"}  # named by the arm
+    assert groups == {"independent DDQN", "VDN, standardised rewards"}  # named by the method
     refused = subprocess.run([sys.executable, str(keep), str(tmp_path), str(results)], capture_output=True, text=True)
     assert refused.returncode == 2 and "not a sweep folder" in refused.stderr

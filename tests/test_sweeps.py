@@ -35,7 +35,7 @@ def test_joblib_grid_makes_a_folder_per_job_and_a_report_with_a_group_per_heuris
     assert report.returncode == 0, report.stderr
     with open(sweep / "report" / "report.csv") as f:
         groups = list(csv.DictReader(f))
-    assert [g["group"] for g in groups] == ["algo.sharing=none", "algo.sharing=all"]  # seeds aggregated, nothing else differs
+    assert [g["group"] for g in groups] == ["independent DDQN", "share all"]  # seeds aggregated, by the methods' names
     assert [int(g["runs"]) for g in groups] == [2, 2]
     assert all(float(g["final_ci_low"]) <= float(g["final_mean"]) <= float(g["final_ci_high"]) for g in groups)
     assert (sweep / "report" / "curves_eval_episode_return.png").stat().st_size > 0
@@ -132,3 +132,10 @@ def test_sweep_presets_compose_at_every_point_of_their_grid(compose_cfg, experim
             key, value = override.split("=")
             if not key.startswith("+"):  # (a config group's option, such as +super_pursuit=vdn, sets keys of its own)
                 assert str(OmegaConf.select(cfg, key)) == value
+
+
+def test_search_values_are_rounded_in_tables_and_integers_stay_whole():
+    from marlrun.sweep import rounded
+
+    assert rounded("algo.lr=0.00012345678901234567 seed=3 algo.window=12345678 algo.tau=0.001 env.L=8,16 +super_pursuit=vdn") == \
+        "algo.lr=0.0001235 seed=3 algo.window=12345678 algo.tau=0.001 env.L=8,16 +super_pursuit=vdn"

@@ -41,7 +41,7 @@ def test_run_folder_holds_tensorboard_events_matching_metrics_jsonl(compose_cfg,
     assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == 600
     assert len(checkpoint_paths(tmp_path)) == 1  # keep_checkpoints
     records = read_metrics(tmp_path)
-    assert [r["step"] for r in records] == [200, 400, 600]
+    assert [r["step"] for r in records] == [0, 200, 400, 600]  # an evaluation of the untrained policy at step 0
 
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()
@@ -57,7 +57,9 @@ def test_run_folder_holds_tensorboard_events_matching_metrics_jsonl(compose_cfg,
                 continue
             logged = {e.step: e.value for e in events.Scalars(key)}
             assert logged[record["step"]] == pytest.approx(value, rel=1e-6), key
-    assert [r["step"] for r in records if "eval/episode_return" in r] == [400, 600]
+    assert [r["step"] for r in records if "eval/episode_return" in r] == [0, 400, 600]
+    assert set(records[0]) == {"step"} | {k for k in records[-1] if k.startswith("eval/")}  # step 0: the evaluation alone
+    assert summary["evaluations"][0]["step"] == 0
 
 
 def test_same_seed_same_metrics_different_seed_different(compose_cfg, tmp_path):
@@ -132,7 +134,7 @@ def test_maddpg_run_logs_teams_and_game_scores_and_resumes_exactly(compose_cfg, 
     full, part = tmp_path / "full", tmp_path / "part"
     train(compose_cfg(MADDPG_SHORT), full)
     records = read_metrics(full)
-    assert [r["step"] for r in records] == [400, 800, 1200]
+    assert [r["step"] for r in records] == [0, 400, 800, 1200]
     last = records[-1]
     for key in ("train/team_return/adversary", "train/team_return/good", "train/game/good_success", "train/critic_loss",
                 "train/actor_loss", "eval/team_return/good", "eval/game/adversary_success", "eval/game/adversary_final_distance"):
@@ -147,7 +149,7 @@ def test_maddpg_run_logs_teams_and_game_scores_and_resumes_exactly(compose_cfg, 
     assert checkpoint["env_steps"] == 800 and checkpoint["algo"]["replay"]["size"] == 800
     summary = train(compose_cfg([*MADDPG_SHORT, f"resume={part}"]), part)
     assert summary["env_steps"] == 1200
-    assert [r["step"] for r in read_metrics(part)] == [400, 800, 1200]
+    assert [r["step"] for r in read_metrics(part)] == [0, 400, 800, 1200]
 
 
 def test_maddpg_trains_on_pursuit_with_one_batched_group(compose_cfg, tmp_path):

@@ -101,6 +101,8 @@ class VecEnv:
         """Scalars of the current state of the copies, logged at every log step. None by default."""
         return {}
 
+    legend: tuple = ()  # (name, RGB) pairs: what the colours of frame() show (written under evaluation animations)
+
     def frame(self, index: int = 0) -> np.ndarray:
         """A picture (uint8 [H, W, 3]) of copy ``index`` as it is now; every frame of one environment has the same
         size. An environment that can be drawn overrides this (its painter lives in its module, with the shared

@@ -120,6 +120,8 @@ def neighbour_mask(positions: torch.Tensor, alive: torch.Tensor, teams: torch.Te
 
 
 class BattleVecEnv(VecEnv):
+    legend = (("red team", RED), ("blue team", BLUE), ("wall", WALL))
+
     """``num_envs`` copies of battle_v4 as one batched environment with fixed agent slots."""
 
     def __init__(self, cfg: BattleConfig, num_envs: int, seed: int, device="cpu"):

@@ -124,6 +124,8 @@ def draw_ising(spins: np.ndarray, dims: int, L: int) -> np.ndarray:
 
 
 class IsingVecEnv(VecEnv):
+    legend = (("spin up", WHITE), ("spin down", BLACK))
+
     """``num_envs`` independent periodic Ising lattices, stepped at once as tensors [envs, spins, ...] on ``device``.
 
     Episodes last exactly ``max_cycles`` steps (truncation, never termination); a finished lattice is reset to

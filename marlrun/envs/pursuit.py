@@ -10,7 +10,7 @@ import numpy as np
 from pettingzoo.sisl import pursuit_v5
 
 from marlrun.envs.base import EnvSpec
-from marlrun.envs.pursuit_native import PursuitNativeVecEnv, draw_pursuit, native_spec, pettingzoo_state, pursuit_spec
+from marlrun.envs.pursuit_native import PursuitNativeVecEnv, draw_pursuit, native_spec, pettingzoo_state, pursuit_legend, pursuit_spec
 from marlrun.envs.vector import PettingZooVecEnv
 from marlrun.errors import require
 
@@ -99,6 +99,10 @@ class PursuitFactory:
 
 class PursuitPettingZooVecEnv(PettingZooVecEnv):
     """The library's pursuit_v5 copies (backend pettingzoo); drawn as the native backend draws its games."""
+
+    @property
+    def legend(self) -> tuple:
+        return pursuit_legend(getattr(self.unwrapped_copy(0), "env", self.unwrapped_copy(0)).obs_range)
 
     def frame(self, index: int = 0) -> np.ndarray:
         raw = self.unwrapped_copy(index)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from marlrun.envs.base import EnvSpec, VecEnv, VecStep
-from marlrun.render import BLUE, FLOOR, GRID_LINE, RED, WALL, cells, fill
+from marlrun.render import BLUE, FLOOR, GRID_LINE, RED, WALL, WHITE, cells, fill, label_cell
 
 # DiscreteAgent.motion_range: action -> (dx, dy)
 MOVES = ((-1, 0), (1, 0), (0, 1), (0, -1), (0, 0))
@@ -71,8 +71,8 @@ def pursuit_spec(cfg) -> EnvSpec:
 
 def draw_pursuit(building: np.ndarray, pursuers: np.ndarray, evaders: np.ndarray, obs_range: int) -> np.ndarray:
     """A frame of one pursuit game (both backends): the grid, obstacle dark, pursuers red, remaining evaders blue (a
-    smaller square, so one sharing a pursuer's cell stays visible), each pursuer's observation window tinted faintly
-    red. building [X, Y] bool (obstacle), pursuers and remaining evaders as (x, y) rows; x is the column."""
+    smaller square, so one sharing a pursuer's cell stays visible; a number on a cell: that many pursuers, or evaders,
+    share it), each pursuer's observation window tinted faintly red. building [X, Y] bool (obstacle), pursuers and remaining evaders as (x, y) rows; x is the column."""
     walls = np.asarray(building, dtype=bool).T  # [Y, X]: row y, column x
     seen = np.zeros(walls.shape, dtype=bool)
     off = (obs_range - 1) // 2
@@ -89,7 +89,18 @@ def draw_pursuit(building: np.ndarray, pursuers: np.ndarray, evaders: np.ndarray
         fill(img, x, y, c, RED, inset=1)
     for x, y in evaders:
         fill(img, x, y, c, BLUE, inset=c // 4)
+    for positions, colour in ((pursuers, WHITE), (evaders, WHITE)):  # agents that share a cell: how many
+        where, counts = np.unique(np.asarray(positions).reshape(-1, 2), axis=0, return_counts=True)
+        for (x, y), n in zip(where, counts):
+            if n > 1:
+                label_cell(img, int(x), int(y), c, str(n), colour)
     return img
+
+
+def pursuit_legend(obs_range: int) -> tuple:
+    """The colours of ``draw_pursuit``'s frames, named."""
+    tint = tuple(int(v) for v in (1 - VIEW_TINT) * np.array(FLOOR) + VIEW_TINT * np.array(RED))
+    return (("pursuer", RED), ("evader", BLUE), ("obstacle", WALL), (f"pursuers' view ({obs_range}x{obs_range})", tint))
 
 
 def native_spec(cfg) -> EnvSpec:
@@ -478,6 +489,10 @@ class PursuitNativeVecEnv(VecEnv):
 
     def context(self) -> dict:
         return {"state": self.sim.global_state()} if self.provide_state else {}
+
+    @property
+    def legend(self) -> tuple:
+        return pursuit_legend(self.sim.R)
 
     def frame(self, index: int = 0) -> np.ndarray:
         """Copy ``index`` drawn by ``draw_pursuit``."""

@@ -124,6 +124,8 @@ def draw_mpe(world) -> np.ndarray:
 
 
 class SimpleAdversaryVecEnv(PettingZooVecEnv):
+    legend = (("adversary", RED), ("good agent", BLUE), ("goal", GREEN), ("other landmark", GREY))
+
     def __init__(self, *args, success_radius: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.success_radius = success_radius

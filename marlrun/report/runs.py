@@ -251,6 +251,45 @@ def _override_labels(groups: list[Group], ignore: Sequence[str]) -> list[str] | 
     return labels if all(labels) and len(set(labels)) == len(labels) else None
 
 
+def method_name(config: dict[str, Any]) -> str | None:
+    """What a reader calls the method a run's config trains ("SUPER quantile", "independent DDQN", "QMIX, standardised
+    rewards", "MAPPO"); None for an algorithm it has no name for."""
+    algo = config.get("algo.name")
+    if algo == "super_ddqn":
+        sharing = config.get("algo.sharing")
+        if sharing == "none":
+            return "parameter sharing" if config.get("algo.parameter_sharing") else "independent DDQN"
+        name = "share all" if sharing == "all" else f"SUPER {sharing}"
+        return name + (", parameter sharing" if config.get("algo.parameter_sharing") else "")
+    if algo == "qmix":
+        name = "VDN" if config.get("algo.mixer") == "vdn" else "QMIX"
+        return name + (", standardised rewards" if config.get("algo.standardise_rewards") else "")
+    if algo in ("ippo", "mappo"):
+        return algo.upper() + (", greedy evaluation" if config.get("algo.greedy_eval") else "")
+    return {"maddpg": "MADDPG", "mfq": "MF-Q", "mcmc": "MCMC"}.get(algo)
+
+
+METHOD_KEYS = ("algo.name", "algo.sharing", "algo.parameter_sharing", "algo.mixer", "algo.standardise_rewards", "algo.greedy_eval")
+
+
+def _method_labels(groups: list[Group]) -> list[str] | None:
+    """Each group labelled by its method's name, if every run of a group has the same one, followed by the other keys
+    that differ between groups of the same algorithm (``SUPER quantile, algo.lr=0.001``); None when two groups would
+    share a label."""
+    labels = []
+    for group in groups:
+        names = {method_name(run.config) for run in group.runs}
+        if len(names) != 1 or None in names:
+            return None
+        labels.append(names.pop())
+    for i, group in enumerate(groups):  # what else sets it apart from the groups of its algorithm
+        same_algo = [g for g in groups if g.runs[0].config.get("algo.name") == group.runs[0].config.get("algo.name")]
+        varying = [key for key in group.values if key not in METHOD_KEYS
+                   and len({_canonical(g.values.get(key, ABSENT)) for g in same_algo}) > 1]
+        labels[i] = ", ".join([labels[i], *(f"{key}={format_value(group.values[key])}" for key in varying)])
+    return labels if len(set(labels)) == len(labels) and len(labels) > 1 else None
+
+
 def group_runs(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[Group]:
     """Group runs by the config keys that differ between them (seed and bookkeeping keys aside), in order of first
     appearance. One group "all runs" if nothing differs; runs with an unreadable config form a group of their own."""
@@ -264,9 +303,10 @@ def group_runs(runs: Sequence[Run], ignore: Sequence[str] = ()) -> list[Group]:
         label = ", ".join(f"{key}={format_value(value)}" for key, value in values.items()) or "all runs"
         groups.setdefault(_canonical(values), Group(label, values, [])).runs.append(run)
     ordered = list(groups.values())
-    if len(keys) > LABEL_KEYS_MAX:
-        readable = [group for group in ordered if group.label != "(unreadable config)"]
+    readable = [group for group in ordered if group.label != "(unreadable config)"]
+    labels = _method_labels(readable) if keys else None  # a reader knows "SUPER quantile", not "algo.sharing=quantile"
+    if labels is None and len(keys) > LABEL_KEYS_MAX:
         labels = _override_labels(readable, ignore)
-        for group, label in zip(readable, labels or []):
-            group.label = label
+    for group, label in zip(readable, labels or []):
+        group.label = label
     return ordered

@@ -85,8 +85,11 @@ def fmt(value: float | None) -> str:
 
 def auc(steps: Sequence[float], values: Sequence[float]) -> float:
     """Trapezoid area under ``values`` over ``steps`` divided by the step span: the curve's mean value over training,
-    in the metric's units. A single point gives its value; no points give nan."""
+    in the metric's units. A point at step 0 (the untrained policy's evaluation) is left out when later points exist,
+    so that runs with and without it compare. A single point gives its value; no points give nan."""
     steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if steps.size > 1 and steps[0] == 0:
+        steps, values = steps[1:], values[1:]
     if values.size == 0:
         return math.nan
     span = steps[-1] - steps[0]
