@@ -92,8 +92,9 @@ class RunConfig:
         require(self.total_steps >= 1, "total_steps", f"must be >= 1, got {self.total_steps}")
         require(self.time_limit is None or parse_duration(self.time_limit) is not None, "time_limit",
                 f"'{self.time_limit}' is not a duration; give seconds (3600) or hours, minutes, seconds (2h30m, 90m, 45s)")
-        require(self.log_interval >= 1, "log_interval", "must be >= 1")
-        require(self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
+        # (an interval not given is an interpolation, ${interval:...}, until the config is resolved)
+        require(not isinstance(self.log_interval, int) or self.log_interval >= 1, "log_interval", "must be >= 1")
+        require(not isinstance(self.eval_interval, int) or self.eval_interval >= 0, "eval_interval", "must be >= 0 (0 = only at the end)")
         require(self.eval_episodes >= 0, "eval_episodes", "must be >= 0")
         require(self.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")

@@ -41,6 +41,7 @@ def test_a_sweep_stopped_by_its_time_limit_continues_in_place_and_logs_every_ste
     assert all(list((sweep / str(job) / "checkpoints").glob("step_*.pt")) for job in (0, 1))
     assert [s["status"] for s in first[2:]] == ["skipped: time_limit=15s had passed before this job started"] * 2
     assert f"marlrun train -m resume={sweep}" in stopped.stderr
+    logged = {job: read_metrics(sweep / str(job)) for job in (0, 1)}  # up to the stop
 
     status = run_cli("sweep", "status", str(sweep), "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -64,7 +65,9 @@ def test_a_sweep_stopped_by_its_time_limit_continues_in_place_and_logs_every_ste
     assert "continuing the sweep in its folder" in again.stderr and "resuming from its checkpoint" in again.stderr
     assert [s["status"] for s in summaries(sweep)] == ["finished"] * 4
     for job in range(4):
-        assert [r["step"] for r in read_metrics(sweep / str(job))] == list(range(500, 10001, 500))  # each step once
+        assert [r["step"] for r in read_metrics(sweep / str(job))] == [0, *range(500, 10001, 500)]  # each step once
+    for job, before in logged.items():  # what a stopped job logged stays as it was; the resume goes on after it
+        assert read_metrics(sweep / str(job))[: len(before)] == before
     # and once more: nothing left to do, finished jobs are left as they are
     kept = (sweep / "0" / "metrics.jsonl").read_bytes()
     done = run_cli("train", "-m", "resume=" + str(sweep), "time_limit=1h", cwd=tmp_path)
@@ -132,7 +135,7 @@ def test_a_job_submitit_requeues_after_its_time_out_resumes_in_its_folder(tmp_pa
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     job = sweep / "0"
     deadline = time.monotonic() + 120
-    while not ((job / "metrics.jsonl").exists() and read_metrics(job)) and time.monotonic() < deadline:
+    while not ((job / "metrics.jsonl").exists() and (read_metrics(job) or [{"step": 0}])[-1]["step"] > 0) and time.monotonic() < deadline:  # training
         time.sleep(0.2)
     task = holder_of(job / ".marlrun.lock")
     assert task is not None
@@ -142,7 +145,7 @@ def test_a_job_submitit_requeues_after_its_time_out_resumes_in_its_folder(tmp_pa
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "stopped by SIGUSR2" in logs and "Requeued job" in logs and "job 0: resuming from its checkpoint" in logs
     assert json.loads((job / "summary.json").read_text())["status"] == "finished"
-    assert [r["step"] for r in read_metrics(job)] == list(range(1000, 20001, 1000))  # each step once, over both attempts
+    assert [r["step"] for r in read_metrics(job)] == [0, *range(1000, 20001, 1000)]  # each step once, over both attempts
 
 
 def test_job_states_and_one_line_refusals(tmp_path, capsys):
