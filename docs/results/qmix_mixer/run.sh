@@ -2,7 +2,7 @@
 # QMIX on the paper's pursuit (experiment=super_pursuit algo=qmix), seeds 0-5, early in training: as configured (pymarl's
 # settings, 30k env steps) and with algo.standardise_rewards=true (60k env steps). How often the mixer saturates
 # (train/mixer_slope, dQ_tot/dQ_a, falls to about 0 and the greedy policy freezes), and whether standardised rewards
-# avoid it. The same settings as scripts/super_pursuit.sh's QMIX runs (bf16, one thread), so an unstandardised seed S
+# avoid it. The same settings as the SUPER sweep's QMIX runs (docs/results/super_pursuit/qmix: bf16, one thread), so an unstandardised seed S
 # here follows that sweep's run of seed S step for step. LANES runs at a time (default 1; one thread each).
 #   docs/results/qmix_mixer/run.sh [OUT_DIR]
 set -euo pipefail
