@@ -92,8 +92,9 @@ NO_SUMMARY = "no summary: killed, crashed or still running"
 
 
 def grid(sweep_dir: Path) -> list[list[str]] | None:
-    """Every job's overrides in job order, as Hydra's basic sweeper expands the sweep's command line (from the
-    sweep's multirun.yaml); None for another sweeper, or job folders not named by job number."""
+    """Every job's overrides in job order, as Hydra's basic sweeper expands the sweep's preset (hydra.sweeper.params)
+    and command line (from the sweep's multirun.yaml); None for another sweeper, or job folders not named by job
+    number."""
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return None
@@ -101,7 +102,8 @@ def grid(sweep_dir: Path) -> list[list[str]] | None:
         cfg = OmegaConf.load(saved)
         if "BasicSweeper" not in str(cfg.hydra.sweeper.get("_target_", "")) or str(cfg.hydra.sweep._get_node("subdir")._value()) != "${hydra.job.num}":
             return None
-        overrides = OverridesParser.create().parse_overrides([str(o) for o in cfg.hydra.overrides.task])
+        preset = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]  # a sweep preset's grid
+        overrides = OverridesParser.create().parse_overrides([*preset, *(str(o) for o in cfg.hydra.overrides.task)])
         return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
     except Exception:  # a multirun.yaml of another Hydra version: list the folders there are
         return None

@@ -139,3 +139,16 @@ def test_search_values_are_rounded_in_tables_and_integers_stay_whole():
 
     assert rounded("algo.lr=0.00012345678901234567 seed=3 algo.window=12345678 algo.tau=0.001 env.L=8,16 +super_pursuit=vdn") == \
         "algo.lr=0.0001235 seed=3 algo.window=12345678 algo.tau=0.001 env.L=8,16 +super_pursuit=vdn"
+
+
+def test_the_grid_of_a_sweep_preset_is_its_params_with_the_command_line_on_top(tmp_path):
+    from marlrun.sweep import grid, job_outcomes
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": {"seed": "0,1,2", "+super_pursuit": "none,vdn"}},
+        "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+        "overrides": {"task": ["experiment=super_sweep", "seed=0,1"], "hydra": []}}}))
+    jobs = grid(tmp_path)
+    assert len(jobs) == 4 and {frozenset(j) for j in jobs} == {frozenset({f"seed={s}", f"+super_pursuit={a}", "experiment=super_sweep"})
+                                                                for s in (0, 1) for a in ("none", "vdn")}
+    assert [j["state"] for j in job_outcomes(tmp_path)] == ["not started"] * 4  # every job of the grid, none run yet
