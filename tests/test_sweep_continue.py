@@ -28,20 +28,20 @@ def summaries(sweep: Path) -> list[dict]:
 
 def test_a_sweep_stopped_by_its_time_limit_continues_in_place_and_logs_every_step_once(tmp_path):
     sweep = tmp_path / "sweep"
-    grid = [*ISING, *JOBLIB, "total_steps=16000", "log_interval=1000", "eval_interval=4000", "checkpoint_interval=2000",
+    grid = [*ISING, *JOBLIB, "total_steps=12000", "log_interval=1000", "eval_interval=4000", "checkpoint_interval=2000",
             "seed=0,1", "algo.lr=1e-4,1e-3"]
-    # 20 s from the command's start: the first two jobs (16,000 steps: 30 s or more each) stop part-way with a
-    # checkpoint, the other two never start (on a machine so loaded that the jobs take over 20 s to start, all four
+    # 15 s from the command's start: the first two jobs (12,000 steps: 20 s or more each) stop part-way with a
+    # checkpoint, the other two never start (on a machine so loaded that the jobs take over 15 s to start, all four
     # are skipped: the continuation below then starts them all; the SIGTERM test resumes part-way jobs whatever the load)
-    stopped = run_cli("train", "-m", *grid, "time_limit=20s", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    stopped = run_cli("train", "-m", *grid, "time_limit=15s", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert stopped.returncode == 130, stopped.stderr
     assert "Traceback" not in stopped.stderr
     first = summaries(sweep)
-    skipped = "skipped: time_limit=20s had passed before this job started"
+    skipped = "skipped: time_limit=15s had passed before this job started"
     assert all(s["status"] in ("stopped by time_limit", skipped) for s in first[:2])
     for job, s in enumerate(first[:2]):
         if s["status"] == "stopped by time_limit":
-            assert 0 < s["env_steps"] < 16000 and list((sweep / str(job) / "checkpoints").glob("step_*.pt"))
+            assert 0 < s["env_steps"] < 12000 and list((sweep / str(job) / "checkpoints").glob("step_*.pt"))
     assert [s["status"] for s in first[2:]] == [skipped] * 2
     assert f"marlrun train -m resume={sweep}" in stopped.stderr
     logged = {job: read_metrics(sweep / str(job)) for job in (0, 1) if first[job]["status"] != skipped}  # up to the stop
@@ -52,7 +52,7 @@ def test_a_sweep_stopped_by_its_time_limit_continues_in_place_and_logs_every_ste
     assert [j["state"] for j in jobs][2:] == ["not started", "not started"]
     assert [j["state"] == "part-way" for j in jobs[:2]] == [s["status"] != skipped for s in first[:2]]
     assert all(j["env_steps"] == s["env_steps"] for j, s in zip(jobs[:2], first) if s["status"] != skipped)
-    assert jobs[0]["total_steps"] == 16000 and all(j["time_left_s"] is None or j["time_left_s"] > 0 for j in jobs)
+    assert jobs[0]["total_steps"] == 12000 and all(j["time_left_s"] is None or j["time_left_s"] > 0 for j in jobs)
     table = run_cli("sweep", "status", str(sweep), cwd=tmp_path).stdout
     assert "not started" in table and "continue it" in table
 
@@ -70,7 +70,7 @@ def test_a_sweep_stopped_by_its_time_limit_continues_in_place_and_logs_every_ste
     assert ("resuming from its checkpoint" in again.stderr) == bool(logged)
     assert [s["status"] for s in summaries(sweep)] == ["finished"] * 4
     for job in range(4):
-        assert [r["step"] for r in read_metrics(sweep / str(job))] == [0, *range(1000, 16001, 1000)]  # each step once
+        assert [r["step"] for r in read_metrics(sweep / str(job))] == [0, *range(1000, 12001, 1000)]  # each step once
     for job, before in logged.items():  # what a stopped job logged stays as it was; the resume goes on after it
         assert read_metrics(sweep / str(job))[: len(before)] == before
     # and once more: nothing left to do, finished jobs are left as they are
