@@ -23,6 +23,11 @@ def checkpoint_paths(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The env step a checkpoint file holds, from its name (``step_0000004000.pt``: 4000)."""
+    return int(_NAME.match(Path(path).name).group(1))
+
+
 def remove_stale_temp_files(run_dir: str | Path) -> None:
     """Temporary files an earlier process left when it died mid-write (the run's lock says none is writing now)."""
     for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):

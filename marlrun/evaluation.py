@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from marlrun.build import build_run, env_seed
-from marlrun.checkpoint import checkpoint_paths, load_checkpoint
+from marlrun.checkpoint import checkpoint_paths, checkpoint_step, load_checkpoint
 from marlrun.config import MAX_SEED, load_run_config
 from marlrun.console import console
 from marlrun.errors import UserError
@@ -100,9 +100,9 @@ def choose_checkpoint(run_dir: Path, which: str | None) -> Path:
         return paths[-1]
     if which.isdigit():
         for path in paths:
-            if int(path.stem.split("_")[1]) == int(which):
+            if checkpoint_step(path) == int(which):
                 return path
-        kept = ", ".join(p.stem.split("_")[1].lstrip("0") or "0" for p in paths) or "none"
+        kept = ", ".join(str(checkpoint_step(p)) for p in paths) or "none"
         raise UserError(f"checkpoint={which}: {run_dir} has no checkpoint at env step {which} (kept: {kept})")
     path = Path(which).expanduser()
     if not path.is_file():

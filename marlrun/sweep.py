@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+from decimal import Decimal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from omegaconf import OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from marlrun.checkpoint import checkpoint_paths
+from marlrun.checkpoint import checkpoint_paths, checkpoint_step
 from marlrun.config import parse_duration
 from marlrun.console import console
 from marlrun.errors import UserError
@@ -178,12 +179,6 @@ def state_text(job: dict, short: bool = False) -> str:
     return NOT_STARTED if job["state"] == NOT_STARTED else job["status"]
 
 
-def checkpoint_step(folder: Path) -> int | None:
-    """The env step of the folder's last checkpoint (what a resume continues from); None without one."""
-    paths = checkpoint_paths(folder)
-    return int(paths[-1].stem.split("_")[1]) if paths else None
-
-
 def read_summary(folder: Path) -> dict:
     try:
         return json.loads((folder / SUMMARY_FILE).read_text())
@@ -196,7 +191,7 @@ def rounded(overrides: str) -> str:
     0.00012345678901234567) rounded to 4; the full values stay in the jobs' .hydra/overrides.yaml."""
     def short(match):
         text = match.group(0)
-        digits = len(text.lstrip("-+0.").replace(".", "").split("e")[0].split("E")[0].rstrip("0"))
+        digits = len(Decimal(text).normalize().as_tuple().digits)
         return f"{float(text):.4g}" if digits > 4 and any(c in text for c in ".eE") else text  # (integers stay whole)
 
     def one(override: str) -> str:
@@ -224,12 +219,16 @@ def job_state(folder: Path) -> tuple[str, int | None, str]:
         return FINISHED, summary.get("env_steps"), status
     if status.startswith("diverged"):
         return FAILED, summary.get("env_steps"), status
-    step = checkpoint_step(folder)
-    if step is not None:
-        return PART_WAY, step, status
+    if paths := checkpoint_paths(folder):  # what a resume continues from
+        return PART_WAY, checkpoint_step(paths[-1]), status
     if status.startswith("failed"):
         return FAILED, None, status
     return NOT_STARTED, None, status
+
+
+def left_as_is(state: str, steps: int | None) -> bool:
+    """A job whose folder holds an outcome a continued sweep keeps: finished, or diverged (failed with its steps)."""
+    return state == FINISHED or (state == FAILED and steps is not None)
 
 
 def local_launcher(hydra_cfg) -> bool:
@@ -268,7 +267,7 @@ def run_job(cfg, run_dir: Path, hydra_cfg, state: dict) -> float | None:
     failed or has no finite objective, which the Optuna sweeper records as a failed trial and goes on."""
     run_dir.mkdir(parents=True, exist_ok=True)
     before, steps, _ = job_state(run_dir)
-    if before == FINISHED or (before == FAILED and steps is not None):  # finished or diverged: an outcome, left as it is
+    if left_as_is(before, steps):
         console.print(f"job {run_dir.name}: {read_summary(run_dir).get('status')} before; left as it is", soft_wrap=True)
         return run_objective(run_dir)[0]
     if before == RUNNING:  # another process trains in this folder: its files are its own
@@ -376,7 +375,7 @@ def summarize_sweep(sweep_dir: Path, console: Console) -> int:
         if isinstance(results, dict) and "best_params" in results:
             params = rounded(" ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items()))
             console.print(f"Optuna's best: {params}: {results.get('best_value')}  [dim]{sweep_dir / RESULTS_FILE}")
-    if search is None and any(j["state"] in (PART_WAY, NOT_STARTED) or j["state"] == FAILED and j["env_steps"] is None for j in jobs):
+    if search is None and any(j["state"] != RUNNING and not left_as_is(j["state"], j["env_steps"]) for j in jobs):
         console.print(f"continue the sweep (finished jobs are left as they are): marlrun train -m resume={quoted(sweep_dir)}", soft_wrap=True)
     console.print(f"folders: {sweep_dir}   compare them: marlrun report {sweep_dir}")
     return failed
@@ -440,7 +439,7 @@ def time_left(jobs: list[dict]) -> list[float | None]:
     speed, length = median(j["steps_per_sec"] for j in jobs), median(j["total_steps"] for j in jobs)
     left = []
     for j in jobs:
-        if j["state"] == FINISHED or j["state"] == FAILED and j["env_steps"] is not None:
+        if left_as_is(j["state"], j["env_steps"]):
             left.append(0.0)
             continue
         total, rate = j["total_steps"] or length, j["steps_per_sec"] or speed

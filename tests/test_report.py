@@ -180,18 +180,16 @@ def test_grouping_with_nothing_differing_and_with_ignored_keys(tmp_path):
 
 
 def test_many_differing_keys_are_labelled_by_the_overrides_that_tell_groups_apart(tmp_path):
-    maddpg = {"algo": {"_target_": "marlrun.algos.maddpg.MADDPG", "name": "maddpg", "lr": 0.01, "tau": 0.01, "gamma": 0.95, "hidden": [64, 64]}}
-    for seed in range(2):
-        make_run(tmp_path / "s" / str(seed), seed=seed, overrides=["algo=super_ddqn", f"seed={seed}", "experiment=x"])
-        make_run(tmp_path / "s" / str(seed + 2), seed=seed, extra=maddpg, overrides=["algo=maddpg", f"seed={seed}", "experiment=x"])
-    runs = report.load_runs([tmp_path / "s"])
-    groups = report.group_runs(runs)
-    assert [g.label for g in groups] == ["independent DDQN", "MADDPG"]
-    maddpg["algo"]["name"] = "custom"  # an algorithm without a name: the overrides that tell the groups apart
-    for seed in range(2):
-        make_run(tmp_path / "c" / str(seed), seed=seed, overrides=["algo=super_ddqn", f"seed={seed}", "experiment=x"])
-        make_run(tmp_path / "c" / str(seed + 2), seed=seed, extra=maddpg, overrides=["algo=custom", f"seed={seed}", "experiment=x"])
-    runs = report.load_runs([tmp_path / "c"])
+    def against_super_ddqn(name: str) -> list:
+        """Two seeds of SUPER-DDQN and two of an algorithm called ``name`` with MADDPG's keys; their runs."""
+        other = {"algo": {"_target_": "marlrun.algos.maddpg.MADDPG", "name": name, "lr": 0.01, "tau": 0.01, "gamma": 0.95, "hidden": [64, 64]}}
+        for seed in range(2):
+            make_run(tmp_path / name / str(seed), seed=seed, overrides=["algo=super_ddqn", f"seed={seed}", "experiment=x"])
+            make_run(tmp_path / name / str(seed + 2), seed=seed, extra=other, overrides=[f"algo={name}", f"seed={seed}", "experiment=x"])
+        return report.load_runs([tmp_path / name])
+
+    assert [g.label for g in report.group_runs(against_super_ddqn("maddpg"))] == ["independent DDQN", "MADDPG"]
+    runs = against_super_ddqn("custom")  # an algorithm without a name: the overrides that tell the groups apart
     groups = report.group_runs(runs)
     assert [g.label for g in groups] == ["algo=super_ddqn", "algo=custom"]
     assert list(groups[0].values) == ["algo.name", "algo.lr", "run_name", "algo.tau", "algo.gamma", "algo.hidden"]  # kept for the CSV
