@@ -139,11 +139,17 @@ class seeded_policy:
         return self.fork.__exit__(*exc)
 
 
-def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) -> dict[str, float]:
+def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None, probe: dict | None = None) -> dict[str, float]:
     """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed), the policy's random numbers
     drawn from ``seed``; returns the means of ``episode_scalars``. ``frame(env, t, ret)``, if given, is called in every state
-    copy 0 acts in (to record an animation of its episode)."""
+    copy 0 acts in (to record an animation of its episode). ``probe``, if given, receives a distributional critic's
+    predicted return distribution in each copy's first state and the discounted returns observed from there, per
+    team ("teams": [(name, mixture, observed)]), and the scalars get their means (``eval/predicted_return_mean`` and
+    ``_std``, ``eval/observed_discounted_return``; with several teams, one each, ``.../<team>``)."""
     obs = env.reset()
+    predicted = algo.return_distribution(obs, env.context()) if probe is not None and hasattr(algo, "return_distribution") else None
+    discounted = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
+    discount = torch.ones(env.num_envs, device=obs.device)
     returns = torch.zeros(env.num_envs, env.spec.n_agents, device=obs.device)
     lengths = torch.zeros(env.num_envs, device=obs.device)
     info: dict[str, torch.Tensor] = {}  # each copy's game metrics, from the step its episode ended
@@ -154,13 +160,23 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None) ->
                 frame(env, int(lengths[0]), float(returns[0].mean()))
             step = env.step(algo.act(obs, env_steps, greedy=True, context=env.context()))
             returns += step.reward * running[:, None]
+            if predicted is not None:
+                discounted += (discount * running)[:, None] * step.reward
+                discount *= algo.cfg.gamma
             lengths += running
             ended = running & step.episode_end
             for key, value in step.episode_info.items():
                 info.setdefault(key, torch.zeros(env.num_envs, device=obs.device))[ended] = value[ended].float()
             running &= ~step.episode_end
             obs = step.obs
-    return {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
+    result = {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
+    if predicted is not None:
+        probe["teams"] = [(name, mixture, discounted[:, agents]) for name, agents, mixture in predicted]
+        for suffix, (name, mixture, observed) in zip([""] if len(predicted) == 1 else [f"/{name}" for name, _, _ in predicted], probe["teams"]):
+            result.update({f"eval/predicted_return_mean{suffix}": mixture.mean().mean().item(),
+                           f"eval/predicted_return_std{suffix}": mixture.std().mean().item(),
+                           f"eval/observed_discounted_return{suffix}": observed.mean().item()})
+    return result
 
 
 class RandomPolicy:
@@ -419,10 +435,26 @@ class Run:
     def evaluate(self) -> dict[str, float]:
         if self.eval_env is None:
             self.eval_env = make_env(self.cfg, self.cfg.eval_episodes, env_seed(self.cfg.seed, 1), self.device)
+            self.eval_env.provide_state = self.algo.uses_state  # a central critic's input, for its predicted returns
+        probe: dict = {}
         with taking_long(f"evaluating {self.cfg.eval_episodes:,} episodes at env step {self.env_steps:,}", TWICE):
-            result = evaluate(self.algo, self.eval_env, self.env_steps, seed=env_seed(self.cfg.seed, 1))
+            result = evaluate(self.algo, self.eval_env, self.env_steps, seed=env_seed(self.cfg.seed, 1), probe=probe)
+        if probe:
+            self.draw_return_distribution(probe)
         self.evals.append({"step": self.env_steps, **result})
         return result
+
+    def draw_return_distribution(self, probe: dict) -> None:
+        """A distributional critic's prediction against the observed returns: a PNG in the run folder and a
+        TensorBoard image."""
+        from marlrun import return_plot
+
+        title = (f"{self.cfg.algo.name} on {self.cfg.env.name}, step {self.env_steps:,}: the critic's return distribution\n"
+                 f"in the first states of {self.cfg.eval_episodes} evaluation episodes")
+        image = return_plot.draw(probe["teams"], title)
+        return_plot.save(image, self.run_dir, self.env_steps)
+        if self.writer is not None and self.writer.tb is not None:
+            self.writer.tb.add_image("eval/return_distribution", image, self.env_steps, dataformats="HWC")
 
     def check_finite(self, scalars: dict | None = None) -> None:
         """Stop before a loss or parameter that is inf or nan reaches a checkpoint (the logs keep the values)."""

@@ -23,6 +23,13 @@ the largest logit when greedy; replay stores its one-hot. Continuous actions,
     noise   a sigmoid scaled to the action bounds, plus Gaussian noise while
             exploring
 
+``critic_distribution=mixture`` (Shahriari et al. 2022, "Revisiting Gaussian Mixture Critics in Off-Policy
+Reinforcement Learning: a Sample-Based Approach"; Acme's MoG critic): Q_i is a mixture of Gaussians, and
+
+    z_j ~ Q'_i(x', a'_1..a'_N), j = 1..M                            samples of the target critic's mixture
+    L(Q_i)  = -mean_j log Q_i(x, a_1..a_N)(r_i + gamma (1 - d_i) z_j)    cross-entropy to the sampled targets
+    L(mu_i) = -mean E[Q_i(x, a_1..mu_i(o_i)..a_N)] + reg * mean(logits_i^2)     the mixture's mean
+
 ``greedy_eval=false`` evaluates with the behaviour policy's sample instead of
 the greedy action: openai's MADDPG always acts with the sample, in its
 benchmark runs too.
@@ -43,6 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm, set_by_user
+from marlrun.algos.distributional import Mixture, acme_head
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require, require_batch_fits
 from marlrun.nn import SetMLP, clip_grad_norm_per_set
@@ -50,6 +58,7 @@ from marlrun.replay import JointReplay
 
 CRITICS = ("maddpg", "ddpg")
 CONTINUOUS_POLICIES = ("noise", "gumbel")
+CRITIC_DISTRIBUTIONS = ("mean", "mixture")
 
 
 @dataclass
@@ -74,12 +83,21 @@ class MADDPGConfig:
     gumbel_hard: bool = False  # discrete actions: straight-through one-hot samples instead of soft ones (the reference's)
     noise_std: float = 0.1  # continuous_policy=noise: Gaussian exploration noise, as a fraction of the action range
     continuous_policy: str = "noise"  # continuous actions: noise (a sigmoid in the action bounds, plus Gaussian noise while exploring) | gumbel (the soft Gumbel-softmax sample of the logits is the action vector itself, as in openai's MADDPG; greedy: softmax of the logits)
+    critic_distribution: str = "mean"  # mean: Q is a number, squared TD error | mixture: Q is a mixture of Gaussians, cross-entropy to samples r + gamma z with z drawn from the target critic's mixture (Shahriari et al. 2022); the actors maximise its mean
+    mixture_components: int = 5  # mixture: Gaussians in each critic's mixture (Acme's default)
+    mixture_init_scale: float = 1e-3  # mixture: the components' standard deviation at initialisation (Acme's default)
+    mixture_samples: int = 20  # mixture: target samples z drawn per transition and agent
     greedy_eval: bool = True  # evaluation acts greedily (true) or with the behaviour policy's sample (false: the soft Gumbel sample, a Gumbel-max sample of discrete actions, the noisy action), as openai's MADDPG acts in its benchmark runs
 
     def __post_init__(self) -> None:
         require(self.continuous_policy in CONTINUOUS_POLICIES, "algo.continuous_policy",
                 f"unknown policy '{self.continuous_policy}'; pick one of {', '.join(CONTINUOUS_POLICIES)}")
         require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
+        require(self.critic_distribution in CRITIC_DISTRIBUTIONS, "algo.critic_distribution",
+                f"unknown critic distribution '{self.critic_distribution}'; pick one of {', '.join(CRITIC_DISTRIBUTIONS)}")
+        for key in ("mixture_components", "mixture_samples"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.mixture_init_scale > 0, "algo.mixture_init_scale", f"must be > 0, got {self.mixture_init_scale}")
         for key in ("actor_lr", "critic_lr", "max_grad_norm", "gumbel_temperature"):
             require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
         require(0.0 <= self.gamma <= 1.0, "algo.gamma", "must be in [0, 1]")
@@ -125,11 +143,13 @@ class MADDPG(Algorithm):
 
     @classmethod
     def ineffective(cls, cfg: MADDPGConfig, spec: EnvSpec) -> list[str]:
+        unused = [f"algo.{key}={getattr(cfg, key)} has no effect with algo.critic_distribution=mean"
+                  for key in ("mixture_components", "mixture_init_scale", "mixture_samples") if cfg.critic_distribution == "mean" and set_by_user(cfg, key)]
         if spec.discrete_actions:
-            return [f"algo.{key}={getattr(cfg, key)} has no effect: env={spec.name}'s actions are discrete (it applies to continuous actions)"
-                    for key in ("continuous_policy", "noise_std") if set_by_user(cfg, key)]
-        return [f"algo.{key}={getattr(cfg, key)} has no effect with algo.continuous_policy=noise (continuous actions)"
-                for key in ("gumbel_temperature", "gumbel_hard") if cfg.continuous_policy == "noise" and set_by_user(cfg, key)]
+            return unused + [f"algo.{key}={getattr(cfg, key)} has no effect: env={spec.name}'s actions are discrete (it applies to continuous actions)"
+                             for key in ("continuous_policy", "noise_std") if set_by_user(cfg, key)]
+        return unused + [f"algo.{key}={getattr(cfg, key)} has no effect with algo.continuous_policy=noise (continuous actions)"
+                         for key in ("gumbel_temperature", "gumbel_hard") if cfg.continuous_policy == "noise" and set_by_user(cfg, key)]
 
     memory_keys = {"replay": "algo.buffer_size (joint replay)", "nets": "algo.hidden (actors and critics)"}
     def __init__(self, cfg: MADDPGConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
@@ -139,6 +159,8 @@ class MADDPG(Algorithm):
         self.discrete = spec.discrete_actions
         self.low, self.high = spec.action_bounds
         self.gumbel_actions = not self.discrete and cfg.continuous_policy == "gumbel"
+        self.mixture = cfg.critic_distribution == "mixture"
+        q_outputs = 3 * cfg.mixture_components if self.mixture else 1
         if self.gumbel_actions and (self.low, self.high) != (0.0, 1.0):
             raise UserError(f"algo.continuous_policy=gumbel: env={spec.name}'s actions lie in [{self.low}, {self.high}], not the "
                             "[0, 1] of a softmax; use algo.continuous_policy=noise")
@@ -159,7 +181,7 @@ class MADDPG(Algorithm):
             agents = [a for a in range(A) if (spec.obs_size(a), central[a]) == (obs_size, is_central)]
             self.groups.append(Group(torch.tensor(agents, device=device), obs_size, is_central))
             actors.append(SetMLP(len(agents), obs_size, list(cfg.hidden), K))
-            critics.append(SetMLP(len(agents), joint_size if is_central else obs_size + K, list(cfg.hidden), 1))
+            critics.append(SetMLP(len(agents), joint_size if is_central else obs_size + K, list(cfg.hidden), q_outputs))
         self.nets = nn.ModuleDict({
             "actors": actors, "critics": critics,
             "actor_targets": copy.deepcopy(actors).requires_grad_(False),  # targets start as copies
@@ -183,14 +205,23 @@ class MADDPG(Algorithm):
         return obs.flatten(1).index_select(1, self.joint_index)
 
     def q_value(self, k: int, critic: nn.Module, x: torch.Tensor, own: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q of group k's agents, [n, B]. ``actions`` [n, B, A, K]: the joint action each agent's critic is asked about."""
+        """Q of group k's agents, [n, B] (mixture: its parameters, [n, B, 3K]). ``actions`` [n, B, A, K]: the joint
+        action each agent's critic is asked about."""
         group = self.groups[k]
         n, B = actions.shape[:2]
         if group.central:
             inputs = torch.cat([x.expand(n, B, x.shape[-1]), actions.flatten(2)], dim=-1)
         else:
             inputs = torch.cat([own, actions[torch.arange(n, device=self.device), :, group.agents]], dim=-1)
-        return critic(inputs).squeeze(-1).float()
+        out = critic(inputs).float()
+        return out if self.mixture else out.squeeze(-1)
+
+    def q_mixture(self, out: torch.Tensor) -> Mixture:
+        return acme_head(out, self.cfg.mixture_init_scale)
+
+    def q_mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[Q] from ``q_value``'s output: the number itself, or the mixture's mean."""
+        return self.q_mixture(out).mean() if self.mixture else out
 
     def policy(self, logits: torch.Tensor) -> torch.Tensor:
         """The differentiable action mu(o) used in the updates."""
@@ -249,7 +280,8 @@ class MADDPG(Algorithm):
         with self.autocast():
             y = self.td_targets(batch)
             critic_loss, q = self.critic_losses(batch, y)
-        explained = 1.0 - critic_loss.detach() / y.var(0).clamp(min=1e-8)  # per agent: about 1 - Var(y - Q) / Var(y)
+        y_mean = y.mean(-1) if self.mixture else y  # [B, A]
+        explained = 1.0 - (q - y_mean).pow(2).mean(0) / y_mean.var(0).clamp(min=1e-8)  # per agent: about 1 - Var(y - Q) / Var(y)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         for critic in self.critics:
@@ -271,37 +303,55 @@ class MADDPG(Algorithm):
                 for t, p in zip(target.parameters(), online.parameters()):
                     t.lerp_(p, self.cfg.tau)
         self.gradient_steps += 1
-        return {"train/critic_loss": critic_loss.detach().mean(), "train/actor_loss": actor_loss.detach().mean(), "train/q": q,
-                "train/critic_explained_variance": explained.mean()}
+        metrics = {"train/critic_loss": critic_loss.detach().mean(), "train/actor_loss": actor_loss.detach().mean(), "train/q": q.mean(),
+                   "train/critic_explained_variance": explained.mean()}
+        if self.mixture:
+            metrics["train/q_std"], metrics["train/target_std"] = self.q_spread, y.std(-1).mean()
+        return metrics
 
     @torch.no_grad()
     def td_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """y [B, A] from the target actors' actions in the next observations and the target critics."""
+        """y [B, A] from the target actors' actions in the next observations and the target critics (mixture: [B, A, M],
+        M samples per transition and agent)."""
         next_obs = batch["next_obs"]
         B = next_obs.shape[0]
         next_actions = torch.empty(B, self.n_agents, self.n_actions, device=self.device)
         for group, actor_target in zip(self.groups, self.actor_targets):
             next_actions[:, group.agents] = self.policy(actor_target(self.own_obs(group, next_obs)).float()).transpose(0, 1)
         x = self.joint_obs(next_obs)
-        y = torch.empty(B, self.n_agents, device=self.device)
+        y = torch.empty(B, self.n_agents, *([self.cfg.mixture_samples] if self.mixture else []), device=self.device)
         for k, (group, critic_target) in enumerate(zip(self.groups, self.critic_targets)):
             n = len(group.agents)
             q_next = self.q_value(k, critic_target, x, self.own_obs(group, next_obs), next_actions.expand(n, *next_actions.shape))
-            y[:, group.agents] = batch["reward"][:, group.agents] + self.cfg.gamma * (1.0 - batch["terminated"][:, group.agents]) * q_next.T
+            reward, terminated = batch["reward"][:, group.agents].T, batch["terminated"][:, group.agents].T  # [n, B]
+            if self.mixture:  # z ~ Q'(x', a'), M per transition
+                q_next = self.q_mixture(q_next).sample(self.cfg.mixture_samples, self.generator)
+                reward, terminated = reward.unsqueeze(-1), terminated.unsqueeze(-1)
+            y[:, group.agents] = (reward + self.cfg.gamma * (1.0 - terminated) * q_next).transpose(0, 1)
         return y
 
     def critic_losses(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-agent mean squared TD error [A], and the mean Q (for logging)."""
+        """Per-agent critic loss [A]: the mean squared TD error (mixture: the cross-entropy of the target samples), and
+        E[Q] [B, A] (for logging)."""
         obs, actions = batch["obs"], batch["action"]
         x = self.joint_obs(obs)
         losses = torch.zeros(self.n_agents, device=self.device)
-        q_sum = 0.0
+        q_means = torch.empty(obs.shape[0], self.n_agents, device=self.device)
+        spread = 0.0
         for k, (group, critic) in enumerate(zip(self.groups, self.critics)):
             n = len(group.agents)
-            q = self.q_value(k, critic, x, self.own_obs(group, obs), actions.expand(n, *actions.shape))
-            losses = losses.index_copy(0, group.agents, (q - y[:, group.agents].T).pow(2).mean(1))
-            q_sum = q_sum + q.detach().sum(0).mean()
-        return losses, q_sum / self.n_agents
+            out = self.q_value(k, critic, x, self.own_obs(group, obs), actions.expand(n, *actions.shape))
+            target = y[:, group.agents].transpose(0, 1)  # [n, B] (mixture: [n, B, M])
+            if self.mixture:
+                mixture = self.q_mixture(out)
+                loss, q = -mixture.log_prob(target).mean((1, 2)), mixture.mean()
+                spread = spread + mixture.std().detach().sum(0).mean()
+            else:
+                loss, q = (out - target).pow(2).mean(1), out
+            losses = losses.index_copy(0, group.agents, loss)
+            q_means[:, group.agents] = q.detach().T
+        self.q_spread = spread / self.n_agents  # the mixtures' mean standard deviation (logged as train/q_std)
+        return losses, q_means
 
     def actor_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-agent actor loss [A]: agent i's critic judges mu_i(o_i) with the other agents' replayed actions."""
@@ -314,6 +364,37 @@ class MADDPG(Algorithm):
             logits = actor(own).float()  # [n, B, K]
             joint = actions.expand(n, *actions.shape).clone()  # [n, B, A, K]: set j's copy of the joint action ...
             joint[torch.arange(n, device=self.device), :, group.agents] = self.policy(logits)  # ... with a_j = mu_j(o_j)
-            q = self.q_value(k, critic, x, own, joint)
+            q = self.q_mean(self.q_value(k, critic, x, own, joint))
             losses = losses.index_copy(0, group.agents, -q.mean(1) + self.cfg.actor_reg * logits.pow(2).mean((1, 2)))
         return losses
+
+    @torch.no_grad()
+    def return_distribution(self, obs: torch.Tensor, context: dict | None = None) -> list[tuple[str, torch.Tensor, Mixture]] | None:
+        """Every agent's Q mixture at ``obs`` [E, A, ...] for the joint greedy action, per team: (its name, its agents
+        [n], the mixture [E, n, K]); None for a mean critic."""
+        if not self.mixture:
+            return None
+        obs = obs.float()
+        E, A = obs.shape[:2]
+        joint = torch.empty(E, A, self.n_actions, device=self.device)
+        for group, actor in zip(self.groups, self.actors):
+            logits = actor(self.own_obs(group, obs)).float()
+            if self.discrete:
+                action = F.one_hot(logits.argmax(-1), self.n_actions).float()
+            elif self.gumbel_actions:
+                action = torch.softmax(logits, -1)
+            else:
+                action = self.policy(logits)
+            joint[:, group.agents] = action.transpose(0, 1)
+        x = self.joint_obs(obs)
+        parts = [torch.empty(E, A, self.cfg.mixture_components, device=self.device) for _ in range(3)]
+        for k, (group, critic) in enumerate(zip(self.groups, self.critics)):
+            n = len(group.agents)
+            mixture = self.q_mixture(self.q_value(k, critic, x, self.own_obs(group, obs), joint.expand(n, *joint.shape)))
+            for part, value in zip(parts, mixture):
+                part[:, group.agents] = value.transpose(0, 1)
+        teams = []
+        for name in self.spec.team_names:
+            agents = torch.tensor(self.spec.team_members(name), device=self.device)
+            teams.append((name, agents, Mixture(*(part[:, agents] for part in parts))))
+        return teams

@@ -14,6 +14,10 @@ by default, or a weight set per agent). Every ``rollout_steps`` steps of the vec
    with rho = pi(a|o) / pi_old(a|o), A normalised over the rollout, l the Huber loss, V and R in the units of a
    running normaliser of the value targets, and V_clip = V_old + clip(V - V_old, -eps, eps).
 
+``critic_distribution: gmac`` (GMAC, Nam et al. 2021): V(s) is a mixture of K Gaussians; the advantages use its mean,
+and the value loss is the energy distance to the targets of GMAC's sample replacement (marlrun/algos/distributional.py),
+in the normaliser's units (the mixtures' locations shifted and scaled, their scales scaled); no value clip or Huber loss.
+
 Samples of dead agents (``alive`` false) have A = 0 and no weight in any loss. Discrete actions: a categorical
 policy over the actor's logits. Continuous actions: a Gaussian with state-independent log std, squashed by tanh
 into the action bounds; its log-probability includes the squashing's Jacobian, and the entropy bonus is the
@@ -31,12 +35,14 @@ from omegaconf import II
 from torch import nn
 from torch.nn import functional as F
 
-from marlrun.algos.base import Algorithm
+from marlrun.algos.base import Algorithm, set_by_user
+from marlrun.algos.distributional import Mixture, energy_distance, equal_weights, gmac_head, sample_replacement_targets
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require
 from marlrun.nn import RunningNorm, SetConv2dReLU, SetLinear, SetMLP, clip_grad_norm_per_set
 
 CRITICS = ("local", "central")
+CRITIC_DISTRIBUTIONS = ("mean", "gmac")
 
 
 @dataclass
@@ -65,7 +71,11 @@ class PPOConfig:
     value_huber_delta: float = 10.0  # Huber loss threshold of the value loss
     entropy_coef: float = 0.01  # weight of the entropy bonus
     max_grad_norm: float = 10.0  # gradient norm clip, per weight set, actor and critic separately
-    value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm)
+    value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm; gmac: the mixtures' locations and scales)
+    critic_distribution: str = "mean"  # mean: V is a number, Huber loss to the GAE returns | gmac: V is a mixture of Gaussians, energy distance to GMAC's sample-replacement targets (Nam et al. 2021); the advantages use its mean
+    mixture_components: int = 5  # gmac: Gaussians in the value mixture (K)
+    gmac_samples: int = 128  # gmac: Gaussians carried back through the rollout by sample replacement (M): each step's target is their equal-weight mixture
+    gmac_lambda: float = 0.95  # gmac: sample replacement's lambda: each carried Gaussian is kept with probability lambda per step back, else drawn afresh from V there
     log_std_init: float = -0.5  # continuous actions: initial log std of the Gaussian (before tanh)
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # ReLU layers of actor and critic
     conv_channels: list[int] = field(default_factory=list)  # image observations: the actor's k x k ReLU convolutions before its layers ([]: none)
@@ -74,6 +84,11 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
+        require(self.critic_distribution in CRITIC_DISTRIBUTIONS, "algo.critic_distribution",
+                f"unknown critic distribution '{self.critic_distribution}'; pick one of {', '.join(CRITIC_DISTRIBUTIONS)}")
+        for key in ("mixture_components", "gmac_samples"):
+            require(getattr(self, key) >= 1, f"algo.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(0.0 <= self.gmac_lambda <= 1.0, "algo.gmac_lambda", f"must be in [0, 1], got {self.gmac_lambda}")
         for key in ("lr", "critic_lr", "adam_eps", "max_grad_norm", "clip", "value_huber_delta"):
             require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
         for key in ("gamma", "gae_lambda"):
@@ -145,6 +160,9 @@ class NoValueNorm(nn.Module):
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
         return y
 
+    def stats(self) -> tuple[float, float]:
+        return 0.0, 1.0
+
 
 class Torso(nn.Module):
     """An agent's own input [S, N, F] -> its features: with ``conv_channels``, the image observation (the first
@@ -181,28 +199,31 @@ class Torso(nn.Module):
 
 
 class Critic(nn.Module):
-    """V per weight set from the agent's own input and, for a centralised critic, a shared input (the state).
+    """V per weight set from the agent's own input and, for a centralised critic, a shared input (the state): one
+    number, or ``outputs`` of them (a mixture's parameters).
 
     The shared input enters through its own first-layer weights, applied once per state row and gathered to the
     agents' samples (``rows``), so the state is never copied once per agent."""
 
-    def __init__(self, n_sets: int, torso: Torso, state_features: int, hidden: list[int]):
+    def __init__(self, n_sets: int, torso: Torso, state_features: int, hidden: list[int], outputs: int = 1):
         super().__init__()
         self.torso = torso
         self.own = SetLinear(n_sets, torso.out_features, hidden[0])
         self.state = nn.Parameter(torch.empty(n_sets, state_features, hidden[0])) if state_features else None
         if self.state is not None:
             nn.init.uniform_(self.state, -1 / math.sqrt(state_features), 1 / math.sqrt(state_features))
-        self.rest = SetMLP(n_sets, hidden[0], hidden[1:], 1)
+        self.rest = SetMLP(n_sets, hidden[0], hidden[1:], outputs)
 
     def forward(self, own: torch.Tensor, state: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """own [S, N, F], state [R, F_s], rows [N] (the state row of each sample) -> V [S, N] in float32."""
+        """own [S, N, F], state [R, F_s], rows [N] (the state row of each sample) -> V [S, N] (or [S, N, outputs])
+        in float32."""
         h = self.own(self.torso(own))
         if self.state is not None:
             S, Fs, H = self.state.shape
             embedded = (state.to(h.dtype) @ self.state.to(h.dtype).permute(1, 0, 2).reshape(Fs, S * H)).view(-1, S, H).transpose(0, 1)
             h = h + embedded[:, rows]
-        return self.rest(h.relu()).squeeze(-1).float()
+        out = self.rest(h.relu()).float()
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
 def orthogonal_init(module: nn.Module, gain: float, last_gain: float) -> None:
@@ -251,9 +272,13 @@ class PPO(Algorithm):
 
     @classmethod
     def ineffective(cls, cfg: PPOConfig, spec: EnvSpec) -> list[str]:
+        unused = []
         if cfg.conv_channels and len(spec.obs_shape) != 3:
-            return [f"algo.conv_channels={list(cfg.conv_channels)} has no effect: env={spec.name}'s observations are vectors, not images"]
-        return []
+            unused.append(f"algo.conv_channels={list(cfg.conv_channels)} has no effect: env={spec.name}'s observations are vectors, not images")
+        keys = ("value_clip", "value_huber_delta") if cfg.critic_distribution == "gmac" else ("mixture_components", "gmac_samples", "gmac_lambda")
+        unused += [f"algo.{key}={getattr(cfg, key)} has no effect with algo.critic_distribution={cfg.critic_distribution}"
+                   for key in keys if set_by_user(cfg, key)]
+        return unused
 
     @classmethod
     def check_run(cls, cfg: PPOConfig, total_steps: int, num_envs: int) -> None:
@@ -289,6 +314,7 @@ class PPO(Algorithm):
         self.K = spec.n_actions
         self.low, self.high = spec.action_bounds
         self.use_state = self.central and "state" in spec.capabilities
+        self.distributional = cfg.critic_distribution == "gmac"
 
         unknown = sorted(set(cfg.random_teams) - set(spec.team_names))
         if unknown:
@@ -315,7 +341,8 @@ class PPO(Algorithm):
             actor_torso = Torso(team.n_sets, own, spec.obs_shape, list(cfg.conv_channels), cfg.conv_kernel)
             actor = nn.Sequential(actor_torso, SetMLP(team.n_sets, actor_torso.out_features, list(cfg.hidden), self.K))
             # the critic reads its inputs flat: convolutions there would double the update's cost for a value estimate
-            critic_net = Critic(team.n_sets, Torso(team.n_sets, own, spec.obs_shape, [], cfg.conv_kernel), state_features, list(cfg.hidden))
+            critic_net = Critic(team.n_sets, Torso(team.n_sets, own, spec.obs_shape, [], cfg.conv_kernel), state_features, list(cfg.hidden),
+                                3 * cfg.mixture_components if self.distributional else 1)
             orthogonal_init(actor, math.sqrt(2), 0.01)
             orthogonal_init(critic_net, math.sqrt(2), 1.0)
             self.actors.append(actor)
@@ -448,21 +475,38 @@ class PPO(Algorithm):
             logp_old = torch.stack([s["logp"][k] for s in steps])  # [T, S, N_E]
             norm = self.value_norms[k]
             with torch.no_grad(), self.autocast():
-                value_old = self.values(k, team, own, state)  # [S, N], normalised
-                next_value = norm.denormalize(self.values(k, team, next_own, next_state))
-            to_tn = lambda v: team.from_sets(v, T * E).reshape(T, E, team.n)  # noqa: E731  [S, N] -> [T, E, n]
+                value_old = self.values(k, team, own, state)  # [S, N], normalised (gmac: [S, N, 3K], a normalised mixture's parameters)
+                next_out = self.values(k, team, next_own, next_state)
+            to_tn = lambda v: team.from_sets(v, T * E).reshape(T, E, team.n, *v.shape[2:])  # noqa: E731  [S, N, ...] -> [T, E, n, ...]
+            # every per-sample tensor as [S, N, ...]: the layout of the team's weight sets
+            flat = lambda x: team.to_sets(x.reshape(T * E, team.n, *x.shape[3:]))  # noqa: E731
             alive = pick("alive").float()
-            value = to_tn(norm.denormalize(value_old))
-            advantage = gae(pick("reward"), value, to_tn(next_value), pick("terminated"), pick("ended"), alive, self.cfg.gamma, self.cfg.gae_lambda)
-            returns = advantage + value
-            norm.update(returns[alive.bool()])
-            target = norm.normalize(returns)
+            if self.distributional:  # V(s) and V(s') as mixtures in the returns' units; the advantages use their means
+                shift, scale = norm.stats()
+                value_mix, next_mix = gmac_head(value_old).affine(scale, shift), gmac_head(next_out).affine(scale, shift)
+                value, next_value = to_tn(value_mix.mean()), to_tn(next_mix.mean())
+            else:
+                value, next_value = to_tn(norm.denormalize(value_old)), to_tn(norm.denormalize(next_out))
+            advantage = gae(pick("reward"), value, next_value, pick("terminated"), pick("ended"), alive, self.cfg.gamma, self.cfg.gae_lambda)
+            if self.distributional:
+                target_mu, target_sigma = sample_replacement_targets(
+                    pick("reward"), pick("terminated"), pick("ended"), Mixture(*map(to_tn, next_mix)),
+                    self.cfg.gamma, self.cfg.gmac_lambda, self.cfg.gmac_samples, self.generator)  # [T, E, n, M]
+                norm.update(target_mu.mean(-1)[alive.bool()])
+                shift, scale = norm.stats()
+                targets = {"target_mu": flat((target_mu - shift) / scale), "target_sigma": flat(target_sigma / scale)}
+                living_values = flat(alive).bool()
+                metrics.setdefault("train/value_mean", []).append(value_mix.mean()[living_values].mean())
+                metrics.setdefault("train/value_std", []).append(value_mix.std()[living_values].mean())
+                metrics.setdefault("train/target_std", []).append(flat(equal_weights(target_mu, target_sigma).std())[living_values].mean())
+            else:
+                returns = advantage + value
+                norm.update(returns[alive.bool()])
+                targets = {"target": flat(norm.normalize(returns))}
             living = advantage[alive.bool()]
             advantage = (advantage - living.mean()) / (living.std() + 1e-8) * alive
-            # every per-sample tensor as [S, N]: the layout of the team's weight sets
-            flat = lambda x: team.to_sets(x.reshape(T * E, team.n, *x.shape[3:]))  # noqa: E731
             samples = {
-                "advantage": flat(advantage), "target": flat(target), "alive": flat(alive), "value_old": value_old,
+                "advantage": flat(advantage), "alive": flat(alive), "value_old": value_old, **targets,
                 "raw": self.sets_from_steps(team, raw), "logp_old": self.sets_from_steps(team, logp_old),
             }
             own_sets = team.to_sets(own)
@@ -479,6 +523,21 @@ class PPO(Algorithm):
         self.updates += 1
         return {key: torch.stack(values).mean() for key, values in metrics.items()}
 
+    @torch.no_grad()
+    def return_distribution(self, obs: torch.Tensor, context: dict | None = None) -> list[tuple[str, torch.Tensor, Mixture]] | None:
+        """The critic's return distribution at ``obs`` [E, A, ...] for each learning team: (its name, its agents [n],
+        the mixture [E, n, K] in the returns' units); None for a mean critic."""
+        if not self.distributional:
+            return None
+        state = self.state_input(obs, (context or {}).get("state"))
+        teams = []
+        for k, team in enumerate(self.learners):
+            with self.autocast():
+                out = self.values(k, team, self.own_input(team, obs), state)
+            shift, scale = self.value_norms[k].stats()
+            teams.append((team.name, team.agents, Mixture(*(team.from_sets(x, obs.shape[0]) for x in gmac_head(out).affine(scale, shift)))))
+        return teams
+
     @staticmethod
     def sets_from_steps(team: Team, x: torch.Tensor) -> torch.Tensor:
         """[T, S, N_E, ...] (act's layout per step) -> [S, T * N_E, ...], the samples in step order."""
@@ -493,10 +552,13 @@ class PPO(Algorithm):
             value = self.critics[k](own, state, rows)
         logp, entropy = self.log_prob_entropy(k, out, mb["raw"])
         policy_loss = clipped_surrogate(logp, mb["logp_old"], mb["advantage"], self.cfg.clip)
-        value_loss = F.huber_loss(value, mb["target"], reduction="none", delta=self.cfg.value_huber_delta)
-        if self.cfg.value_clip:
-            clipped = mb["value_old"] + (value - mb["value_old"]).clamp(-self.cfg.clip, self.cfg.clip)
-            value_loss = torch.max(value_loss, F.huber_loss(clipped, mb["target"], reduction="none", delta=self.cfg.value_huber_delta))
+        if self.distributional:  # the energy distance to the target mixture, less its constant E|Y - Y'|
+            value_loss = energy_distance(gmac_head(value), equal_weights(mb["target_mu"], mb["target_sigma"]), target_term=False)
+        else:
+            value_loss = F.huber_loss(value, mb["target"], reduction="none", delta=self.cfg.value_huber_delta)
+            if self.cfg.value_clip:
+                clipped = mb["value_old"] + (value - mb["value_old"]).clamp(-self.cfg.clip, self.cfg.clip)
+                value_loss = torch.max(value_loss, F.huber_loss(clipped, mb["target"], reduction="none", delta=self.cfg.value_huber_delta))
         loss = mean(policy_loss) + self.cfg.value_coef * mean(value_loss) - self.cfg.entropy_coef * mean(entropy)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
