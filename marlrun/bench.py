@@ -60,10 +60,13 @@ CASES = {  # name: (overrides, default env steps of training to measure (0: raw 
     "vdn-pursuit": (["algo=qmix", "algo.mixer=vdn", "env=pursuit"], 4000, 1000),
     "maddpg-simple_adversary": (["algo=maddpg", "env=simple_adversary"], 20000, 1000),
     "maddpg-simple_adversary-inprocess": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0"], 20000, 1000),
+    "maddpg-simple_adversary-mixture": (["algo=maddpg", "env=simple_adversary", "hardware.env_workers=0", "algo.critic_distribution=mixture"], 20000, 1000),
     "maddpg-pursuit": (["algo=maddpg", "env=pursuit", "algo.learning_starts=2000", "algo.buffer_size=100000"], 4000, 1000),
     "ippo-pursuit": (["experiment=ppo_pursuit"], 16384, 4096),  # an update every 16 copies x 128 steps
     "mappo-pursuit": (["experiment=ppo_pursuit", "algo=mappo"], 16384, 4096),
     "mappo-simple_adversary": (["experiment=mappo_adversary"], 16000, 4000),
+    "mappo-pursuit-gmac": (["experiment=ppo_pursuit", "algo=mappo", "algo.critic_distribution=gmac"], 16384, 4096),  # beside mappo-pursuit
+    "mappo-simple_adversary-gmac": (["experiment=mappo_adversary", "algo.critic_distribution=gmac"], 16000, 4000),
     "mappo-battle": (["experiment=mappo_battle"], 2000, 1000),
     "mfq-battle": (["experiment=mfq_battle"], 2000, 500),
     "mfq-battle-fp32": (["experiment=mfq_battle", "hardware.precision=fp32"], 2000, 500),

@@ -1,7 +1,9 @@
 """MADDPG really learns: a short run on simple_adversary (24k env steps, 8 copies, more frequent updates than the
 reference so it fits in a test); the critic's loss falls, and the trained good agents beat random good agents
-against the same trained adversary."""
+against the same trained adversary. The same with the Gaussian-mixture critic (its loss a cross-entropy, its
+explained variance that of the mixture's mean)."""
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -28,8 +30,9 @@ class RandomGoodAgents:
         return actions
 
 
-def test_maddpg_critic_loss_falls_and_good_agents_beat_random(compose_cfg, tmp_path):
-    cfg = compose_cfg(SHORT)
+@pytest.mark.parametrize("critic", ["mean", "mixture"])
+def test_maddpg_critic_loss_falls_and_good_agents_beat_random(compose_cfg, tmp_path, critic):
+    cfg = compose_cfg([*SHORT, f"algo.critic_distribution={critic}"])
     train(cfg, tmp_path)
     checkpoint = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=True)
     env = make_env(cfg, EPISODES, env_seed(cfg.seed, 1), torch.device("cpu"))  # the evaluation episodes' own seeds
@@ -51,6 +54,7 @@ def test_maddpg_critic_loss_falls_and_good_agents_beat_random(compose_cfg, tmp_p
     # The loss falls as the critic fits the first targets; later it tracks the growing scale of the values,
     # so the lasting measure is the share of the targets' variance it explains.
     assert min(losses[1:3]) < 0.5 * losses[0]
-    assert explained[0] < 0.85 and min(explained[len(explained) // 2:]) > 0.95
+    # (the mixture's mean fits more slowly: its cross-entropy also fits the spread; about 0.89-0.95 in the second half)
+    assert explained[0] < 0.85 and min(explained[len(explained) // 2:]) > (0.95 if critic == "mean" else 0.85)
     assert trained["eval/team_return/good"] > random_good["eval/team_return/good"] + 3.0
     assert trained["eval/game/good_final_distance"] < 0.6 * random_good["eval/game/good_final_distance"]

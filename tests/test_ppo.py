@@ -278,11 +278,11 @@ LEARN = [*SMALL_PURSUIT, "env.n_evaders=5", "env.surround=false", "env.n_catch=1
          "checkpoint_interval=1000000", "hardware.torch_threads=1"]
 
 
-@pytest.mark.parametrize("algo_name", ["ippo", "mappo"])
-def test_policy_beats_random_on_small_pursuit(compose_cfg, tmp_path, algo_name):
-    cfg = compose_cfg([*LEARN, f"algo={algo_name}"])
+@pytest.mark.parametrize("algo_name, critic", [("ippo", "mean"), ("mappo", "mean"), ("mappo", "gmac")])
+def test_policy_beats_random_on_small_pursuit(compose_cfg, tmp_path, algo_name, critic):
+    cfg = compose_cfg([*LEARN, f"algo={algo_name}", f"algo.critic_distribution={critic}"])
     learned, baseline = train(cfg, tmp_path)["final_eval_return"], random_return(cfg)
-    print(f"{algo_name}: {learned:.2f} vs random {baseline:.2f} over {EPISODES} episodes")
+    print(f"{algo_name} ({critic} critic): {learned:.2f} vs random {baseline:.2f} over {EPISODES} episodes")
     assert learned > baseline + 3.0  # a catch is worth +5 to the pursuer that makes it
 
 

@@ -27,7 +27,8 @@ LAYERS = [
     ["marlrun.cli"],  # the `marlrun` command
     ["marlrun.sweep", "marlrun.evaluation", "marlrun.bench", "marlrun.report"],  # the commands besides train's loop
     ["marlrun.runner",  # the loop
-     "marlrun.search"],  # a finished run's objective, read back from its folder (config's SUMMARY_METRICS)
+     "marlrun.search",  # a finished run's objective, read back from its folder (config's SUMMARY_METRICS)
+     "marlrun.return_plot"],  # the loop's picture of a distributional critic at evaluation
     ["marlrun.build"],  # the one builder of a run
     ["marlrun.config", "marlrun.registry"],  # the schemas and the one list of algorithms and environments
     ["marlrun.algos"],

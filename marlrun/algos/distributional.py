@@ -160,7 +160,7 @@ def sample_replacement_targets(reward: torch.Tensor, terminated: torch.Tensor, e
     replace = torch.rand(fresh_mu.shape, generator=generator, device=fresh_mu.device) >= lam
     replace |= ended.unsqueeze(-1)
     replace[-1] = True
-    discount = (gamma * (1.0 - terminated.float())).unsqueeze(-1)
+    discount = (gamma * (1.0 - terminated.to(fresh_mu.dtype))).unsqueeze(-1)
     mu, sigma = torch.empty_like(fresh_mu), torch.empty_like(fresh_sigma)
     carry_mu, carry_sigma = fresh_mu[-1], fresh_sigma[-1]
     for t in range(T - 1, -1, -1):

@@ -66,9 +66,9 @@ class PPOConfig:
     epochs: int = 5  # passes over each rollout
     minibatches: int = 2  # minibatches per pass
     clip: float = 0.2  # PPO ratio clip (and value clip)
-    value_clip: bool = True  # clip the value update around the rollout's values
+    value_clip: bool = True  # clip the value update around the rollout's values (mean critic only)
     value_coef: float = 1.0  # weight of the value loss
-    value_huber_delta: float = 10.0  # Huber loss threshold of the value loss
+    value_huber_delta: float = 10.0  # Huber loss threshold of the value loss (mean critic only)
     entropy_coef: float = 0.01  # weight of the entropy bonus
     max_grad_norm: float = 10.0  # gradient norm clip, per weight set, actor and critic separately
     value_norm: bool = True  # running normalisation of the value targets (MAPPO's ValueNorm; gmac: the mixtures' locations and scales)
