@@ -19,6 +19,7 @@ from marlrun.console import console
 from marlrun.errors import UserError
 from marlrun.hardware import HardwareConfig, resolve_device
 from marlrun.metrics import write_json
+from marlrun import return_plot
 from marlrun.render import add_animation_to_tensorboard, captioned, write_animation
 from marlrun.runner import evaluate
 
@@ -139,7 +140,8 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
         def record(e, t: int, ret: float) -> None:  # the first copy's state, with the step, time and return so far under it
             frames.append(captioned(e.frame(0), f"{cfg.algo.name} on {cfg.env.name}, step {step:,}: t={t}, return {ret:.2f}", e.legend))
 
-        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=record if render else None)
+        probe: dict = {}
+        metrics = evaluate(algo, env, step, seed=env_seed(seed, 1), frame=record if render else None, probe=probe)
     finally:
         env.close()
 
@@ -148,6 +150,10 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     training = next((e for e in state.get("evals", []) if e.get("step") == step), None) if same_episodes else None
     name = f"step_{step}_seed_{seed}"
     files = [out_dir / f"{name}.json"]
+    if probe:  # a distributional critic: its predicted returns against the observed ones
+        title = f"{cfg.algo.name} on {cfg.env.name}, step {step:,}: the critic's return distribution\nin the first states of {episodes} evaluation episodes"
+        image = return_plot.draw(probe["teams"], title)
+        files.append(return_plot.save(image, out_dir, f"{name}_returns.png"))
     if render:
         fps = int(options.get("fps", 10))
         video = Path(options["video"]).expanduser() if "video" in options else out_dir / f"{name}.gif"

@@ -1,9 +1,11 @@
 """The picture of a distributional critic at evaluation: the return distribution it predicts in the episodes' first
-states, against the discounted returns those episodes then gave.
+states, against the discounted returns those episodes then gave (an episode cut by the time limit adds the critic's
+own discounted mean at its last observation, as the critic's training targets bootstrap there).
 
 ``runner.evaluate`` asks the algorithm for ``return_distribution(obs, context)`` (PPO with ``critic_distribution=gmac``,
 MADDPG with ``critic_distribution=mixture``) in each evaluation copy's first state; the runner draws it here, keeps the
-PNG in ``<run>/return_distribution/`` and adds it to TensorBoard's images (``eval/return_distribution``)."""
+PNG in ``<run>/return_distribution/`` and adds it to TensorBoard's images (``eval/return_distribution``); `marlrun eval`
+writes it beside its result, ``<run>/eval/step_<N>_seed_<S>_returns.png``."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def draw(teams: list[tuple[str, Mixture, torch.Tensor]], title: str) -> np.ndarr
             ax.plot(grid.numpy(), density[i].numpy(), color=colour, lw=1, label=f"state {i}: predicted / observed (dotted)")
             ax.axvline(returns[i].item(), color=colour, ls=":", lw=1.5)
         ax.set_xlim(grid[0].item(), grid[-1].item())
-        ax.set_xlabel("discounted return from the first state (to the episode's end)")
+        ax.set_xlabel("discounted return from the first state (+ the critic's mean where the time limit cut it)")
         ax.set_ylabel("density")
         ax.set_title(f"team {name}", fontsize=10)
         ax.legend(fontsize=7)
@@ -55,13 +57,13 @@ def draw(teams: list[tuple[str, Mixture, torch.Tensor]], title: str) -> np.ndarr
     return image
 
 
-def save(image: np.ndarray, run_dir: Path, step: int) -> Path:
-    """The image as ``<run>/return_distribution/step_<step>.png``, written whole or not at all."""
+def save(image: np.ndarray, folder: Path, name: str) -> Path:
+    """The image as ``folder/name`` (a PNG), written whole or not at all."""
     from PIL import Image
 
-    folder = Path(run_dir) / FOLDER
+    folder = Path(folder)
     folder.mkdir(exist_ok=True)
-    path = folder / f"step_{step:09d}.png"
+    path = folder / name
     tmp = path.with_suffix(".png.tmp")
     Image.fromarray(image).save(tmp, format="PNG")
     tmp.replace(path)

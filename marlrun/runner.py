@@ -143,8 +143,9 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None, pr
     """Play one greedy episode in each copy of ``env`` (reset to its evaluation seed), the policy's random numbers
     drawn from ``seed``; returns the means of ``episode_scalars``. ``frame(env, t, ret)``, if given, is called in every state
     copy 0 acts in (to record an animation of its episode). ``probe``, if given, receives a distributional critic's
-    predicted return distribution in each copy's first state and the discounted returns observed from there, per
-    team ("teams": [(name, mixture, observed)]), and the scalars get their means (``eval/predicted_return_mean`` and
+    predicted return distribution in each copy's first state and the discounted returns observed from there (where
+    the time limit cut an agent's episode, plus the discounted mean the critic predicts at its final observation, as
+    its training targets bootstrap there), per team ("teams": [(name, mixture, observed)]), and the scalars get their means (``eval/predicted_return_mean`` and
     ``_std``, ``eval/observed_discounted_return``; with several teams, one each, ``.../<team>``)."""
     obs = env.reset()
     predicted = algo.return_distribution(obs, env.context()) if probe is not None and hasattr(algo, "return_distribution") else None
@@ -163,6 +164,12 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None, pr
             if predicted is not None:
                 discounted += (discount * running)[:, None] * step.reward
                 discount *= algo.cfg.gamma
+                cut = running & step.episode_end
+                if cut.any():  # an episode cut by the time limit goes on in the critic's eyes: add gamma^T E[V(s_T)]
+                    final = algo.return_distribution(step.next_obs, {"state": step.next_state} if step.next_state is not None else {})
+                    for _, agents, mixture in final:
+                        going_on = cut[:, None] & ~step.terminated[:, agents] & step.alive[:, agents]
+                        discounted[:, agents] += torch.where(going_on, discount[:, None] * mixture.mean(), 0.0)
             lengths += running
             ended = running & step.episode_end
             for key, value in step.episode_info.items():
@@ -452,7 +459,7 @@ class Run:
         title = (f"{self.cfg.algo.name} on {self.cfg.env.name}, step {self.env_steps:,}: the critic's return distribution\n"
                  f"in the first states of {self.cfg.eval_episodes} evaluation episodes")
         image = return_plot.draw(probe["teams"], title)
-        return_plot.save(image, self.run_dir, self.env_steps)
+        return_plot.save(image, self.run_dir / return_plot.FOLDER, f"step_{self.env_steps:09d}.png")
         if self.writer is not None and self.writer.tb is not None:
             self.writer.tb.add_image("eval/return_distribution", image, self.env_steps, dataformats="HWC")
 

@@ -19,6 +19,7 @@ from marlrun.algos.distributional import (Mixture, _MeanAbsDifference, acme_head
                                           sample_replacement_targets)
 from marlrun.cli import main
 from marlrun.metrics import read_metrics
+from marlrun.runner import evaluate, make_env
 
 F64 = torch.float64
 
@@ -54,6 +55,17 @@ def test_known_values_and_identical_mixtures():
     assert energy_distance(q, p).item() > 0.1
     # the loss form leaves out exactly the target's own term
     torch.testing.assert_close(energy_distance(q, p, target_term=False) - mean_abs_difference(p, p), energy_distance(q, p))
+
+
+def test_value_normalisation_scales_the_loss_consistently():
+    # the learner compares mixtures in the normaliser's units, (x - shift) / scale for locations and x / scale for
+    # standard deviations: the energy distance is then the returns' distance divided by the scale
+    p, q = mix([0.3, 0.7], [-1.0, 2.0], [0.5, 1.5]), mix([0.2, 0.5, 0.3], [0.0, 1.0, 4.0], [1.0, 0.2, 0.7])
+    shift, scale = 3.0, 2.5
+    normalised = energy_distance(p.affine(1 / scale, -shift / scale), q.affine(1 / scale, -shift / scale))
+    torch.testing.assert_close(normalised, energy_distance(p, q) / scale)
+    torch.testing.assert_close(p.affine(scale, shift).mean(), scale * p.mean() + shift)
+    torch.testing.assert_close(p.affine(scale, shift).std(), scale * p.std())
 
 
 def test_closed_form_gradients_match_autograd():
@@ -244,6 +256,46 @@ def test_evaluation_draws_the_predicted_returns_against_the_observed_ones(tmp_pa
     events = EventAccumulator(str(run), size_guidance={"images": 0})
     events.Reload()
     assert [e.step for e in events.Images("eval/return_distribution")] == [0, 100, 200, 300]
+    assert main(["eval", str(run)]) == 0  # `marlrun eval` draws it too, beside its result
+    assert (run / "eval" / "step_300_seed_0_returns.png").stat().st_size > 10_000
+
+
+class ConstantCritic:
+    """Plays action 0 everywhere; its critic predicts N(c, 1) in every state."""
+
+    def __init__(self, spec, c: float, gamma: float):
+        self.spec, self.c = spec, c
+        self.cfg = type("Cfg", (), {"gamma": gamma})()
+
+    def act(self, obs, env_steps, greedy=False, context=None):
+        return torch.zeros(obs.shape[0], self.spec.n_agents, dtype=torch.long)
+
+    def return_distribution(self, obs, context=None):
+        E, A = obs.shape[0], self.spec.n_agents
+        return [("all", torch.arange(A), Mixture(torch.ones(E, A, 1), torch.full((E, A, 1), self.c), torch.ones(E, A, 1)))]
+
+
+def test_observed_returns_add_the_critics_value_where_the_time_limit_cut_the_episode(compose_cfg):
+    cfg = compose_cfg(MADDPG_SMALL)
+    env, reference = make_env(cfg, 3, 5, torch.device("cpu")), make_env(cfg, 3, 5, torch.device("cpu"))
+    gamma, c = 0.9, 7.0
+    algo = ConstantCritic(env.spec, c, gamma)
+    probe: dict = {}
+    evaluate(algo, env, 0, probe=probe)
+    (_, mixture, observed), = probe["teams"]
+    assert torch.equal(mixture.mean(), torch.full((3, 3), c))
+    reference.reset()  # the same seeds, the same actions: sum the discounted rewards by hand, then the cut's tail
+    want, t = torch.zeros(3, 3), 0
+    while True:
+        step = reference.step(torch.zeros(3, 3, dtype=torch.long))
+        want += gamma**t * step.reward
+        t += 1
+        if step.episode_end.all():
+            assert not step.terminated.any()  # simple_adversary's episodes end by the time limit
+            break
+    torch.testing.assert_close(observed, want + gamma**t * c)
+    env.close()
+    reference.close()
 
 
 def test_mean_critics_draw_nothing(tmp_path, capsys):
