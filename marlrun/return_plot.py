@@ -45,7 +45,7 @@ def draw(teams: list[tuple[str, Mixture, torch.Tensor]], title: str) -> np.ndarr
             ax.plot(grid.numpy(), density[i].numpy(), color=colour, lw=1, label=f"state {i}: predicted / observed (dotted)")
             ax.axvline(returns[i].item(), color=colour, ls=":", lw=1.5)
         ax.set_xlim(grid[0].item(), grid[-1].item())
-        ax.set_xlabel("discounted return from the first state (+ the critic's mean where the time limit cut it)")
+        ax.set_xlabel("discounted return from the first state\n(+ the critic's discounted mean where the time limit cut the episode)", fontsize=9)
         ax.set_ylabel("density")
         ax.set_title(f"team {name}", fontsize=10)
         ax.legend(fontsize=7)
