@@ -1,7 +1,7 @@
 """Distributional critics (GMAC for PPO, the Gaussian-mixture critic for MADDPG): the closed-form energy distance
 against Monte Carlo and its special cases, GMAC's sample-replacement targets at lambda 1 and 0, the mixture
-cross-entropy against a direct log-density, gradients into every head, exact resume, one-line refusals, and the
-evaluation's picture of the predicted returns."""
+cross-entropy against a direct log-density, gradients into every head, exact resume (GMAC's in test_ppo.py's
+resume test), one-line refusals, and the evaluation's picture of the predicted returns."""
 
 import copy
 import math
@@ -173,29 +173,6 @@ def test_mixture_critic_gradients_reach_every_head_and_the_actor_maximises_its_m
         last = [m for m in critic.modules() if hasattr(m, "weight")][-1]
         assert torch.all(head_gradients(last) > 0)  # 4 weights, 4 means, 4 scales
     assert all(not torch.equal(a, b) for a, b in zip(before, algo.actors.parameters()))
-
-
-def test_gmac_resume_is_exact(compose_cfg):
-    # as test_ppo's: a learner rebuilt from its state_dict continues exactly (the targets' draws included)
-    overrides = ("algo=mappo", "algo.critic_distribution=gmac")
-    _, env, original = build(compose_cfg, *overrides)
-    obs, _ = play(env, original, 12)
-    _, _, restored = build(compose_cfg, *overrides)
-    restored.load_state_dict(copy.deepcopy(original.state_dict()))
-    for t in range(12, 28):
-        context = env.context()
-        actions = original.act(obs, 2 * t, context=context)
-        assert torch.equal(actions, restored.act(obs, 2 * t, context=context))
-        step = env.step(actions)
-        for algo in (original, restored):
-            algo.observe(obs, actions, step, context)
-        a, b = original.update(2 * t + 2), restored.update(2 * t + 2)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        obs = step.obs
-    assert original.updates == 3
-    for p, q in zip(original.nets.state_dict().values(), restored.nets.state_dict().values()):
-        assert torch.equal(p, q)
-    env.close()
 
 
 def test_mixture_critic_resume_is_exact():

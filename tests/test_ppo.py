@@ -242,14 +242,16 @@ def test_mistakes_are_one_line(tmp_path, capsys, override, says):
     assert len([line for line in err.splitlines() if line.startswith("marlrun: error:")]) == 1
 
 
-@pytest.mark.parametrize("algo_name", ["ippo", "mappo"])
-def test_resume_is_exact(compose_cfg, algo_name):
+@pytest.mark.parametrize("algo_name, critic", [("ippo", "mean"), ("mappo", "mean"), ("mappo", "gmac")])
+def test_resume_is_exact(compose_cfg, algo_name, critic):
     # a learner rebuilt from its state_dict (mid-rollout, with a step acted but not yet observed) continues exactly
-    _, env, original = build(compose_cfg, f"algo={algo_name}")
+    # (GMAC: its targets' random draws included)
+    overrides = (f"algo={algo_name}", f"algo.critic_distribution={critic}")
+    _, env, original = build(compose_cfg, *overrides)
     obs, _ = play(env, original, 13)  # one update done, a rollout half full
     context = env.context()
     pending = original.act(obs, 26, context=context)  # acted, not yet observed: what the runner's pipeline leaves at a checkpoint
-    _, _, restored = build(compose_cfg, f"algo={algo_name}")
+    _, _, restored = build(compose_cfg, *overrides)
     restored.load_state_dict(copy.deepcopy(original.state_dict()))
     step = env.step(pending)
     for algo in (original, restored):
