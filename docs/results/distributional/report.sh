@@ -9,6 +9,9 @@ marlrun report mappo_pursuit --ignore hardware --out report_mappo_pursuit \
 marlrun report mappo_adversary --ignore hardware --out report_mappo_adversary \
     --metric eval/game/good_success --metric eval/game/adversary_success --metric eval/episode_return \
     --label "$mean=MAPPO, mean critic" --label "algo.critic_distribution=gmac=MAPPO, GMAC critic" --compare GMAC mean
+marlrun report ippo_adversary --ignore hardware --out report_ippo_adversary \
+    --metric eval/game/good_success --metric eval/game/adversary_success --metric eval/episode_return \
+    --label "$mean=IPPO, mean critic" --label "algo.critic_distribution=gmac=IPPO, GMAC critic" --compare GMAC mean
 for budget in maddpg_adversary_150k maddpg_adversary_600k; do
     [ -d "$budget" ] || continue
     marlrun report "$budget" --ignore hardware --ignore total_steps --ignore checkpoint_interval --out "report_$budget" \
