@@ -151,8 +151,7 @@ def evaluate_run(run_dir: Path, options: dict) -> dict:
     name = f"step_{step}_seed_{seed}"
     files = [out_dir / f"{name}.json"]
     if probe:  # a distributional critic: its predicted returns against the observed ones
-        title = f"{cfg.algo.name} on {cfg.env.name}, step {step:,}: the critic's return distribution\nin the first states of {episodes} evaluation episodes"
-        image = return_plot.draw(probe["teams"], title)
+        image = return_plot.draw(probe["teams"], return_plot.title(cfg, step, episodes))
         files.append(return_plot.save(image, out_dir, f"{name}_returns.png"))
     if render:
         fps = int(options.get("fps", 10))

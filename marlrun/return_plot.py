@@ -20,6 +20,12 @@ FOLDER = "return_distribution"
 SHOWN_STATES = 3  # single states drawn beside the pooled density, each with its own observed return
 
 
+def title(cfg, step: int, episodes: int) -> str:
+    """The picture's title for run config ``cfg`` at env step ``step``."""
+    return (f"{cfg.algo.name} on {cfg.env.name}, step {step:,}: the critic's return distribution\n"
+            f"in the first states of {episodes} evaluation episodes")
+
+
 def draw(teams: list[tuple[str, Mixture, torch.Tensor]], title: str) -> np.ndarray:
     """An RGB image [H, W, 3], one panel per team (name, mixtures [E, n, K], observed returns [E, n]): the mean of the
     predicted densities over every (copy, agent) start state, a histogram of the observed discounted returns from

@@ -179,7 +179,8 @@ def evaluate(algo: Algorithm, env, env_steps: int, seed: int = 0, frame=None, pr
     result = {f"eval/{key}": value.float().mean().item() for key, value in episode_scalars(env, returns, lengths, info).items()}
     if predicted is not None:
         probe["teams"] = [(name, mixture, discounted[:, agents]) for name, agents, mixture in predicted]
-        for suffix, (name, mixture, observed) in zip([""] if len(predicted) == 1 else [f"/{name}" for name, _, _ in predicted], probe["teams"]):
+        for name, mixture, observed in probe["teams"]:
+            suffix = f"/{name}" if len(predicted) > 1 else ""
             result.update({f"eval/predicted_return_mean{suffix}": mixture.mean().mean().item(),
                            f"eval/predicted_return_std{suffix}": mixture.std().mean().item(),
                            f"eval/observed_discounted_return{suffix}": observed.mean().item()})
@@ -456,9 +457,7 @@ class Run:
         TensorBoard image."""
         from marlrun import return_plot
 
-        title = (f"{self.cfg.algo.name} on {self.cfg.env.name}, step {self.env_steps:,}: the critic's return distribution\n"
-                 f"in the first states of {self.cfg.eval_episodes} evaluation episodes")
-        image = return_plot.draw(probe["teams"], title)
+        image = return_plot.draw(probe["teams"], return_plot.title(self.cfg, self.env_steps, self.cfg.eval_episodes))
         return_plot.save(image, self.run_dir / return_plot.FOLDER, f"step_{self.env_steps:09d}.png")
         if self.writer is not None and self.writer.tb is not None:
             self.writer.tb.add_image("eval/return_distribution", image, self.env_steps, dataformats="HWC")

@@ -107,7 +107,7 @@ def test_sample_replacement_with_lambda_zero_is_one_step_bootstrapping():
     mu, sigma = sample_replacement_targets(reward, terminated, terminated.clone(), next_value, gamma, 0.0, samples=M, generator=g)
     for t in range(T):
         keep = 0.0 if terminated[t, 0] else gamma
-        bootstrap = next_value.index(t, 0).affine(keep, reward[t, 0]) if keep else mix([1.0], [reward[t, 0].item()], [0.0])
+        bootstrap = Mixture(*(x[t, 0] for x in next_value)).affine(keep, reward[t, 0]) if keep else mix([1.0], [reward[t, 0].item()], [0.0])
         if keep:  # each sample is r + gamma times one of V(s')'s components, drawn by weight
             second = (mu[t, 0] - reward[t, 0] - keep * 5.0).abs() < 1e-9
             assert torch.all(second | ((mu[t, 0] - reward[t, 0] + keep * 3.0).abs() < 1e-9))
@@ -129,7 +129,7 @@ def test_mixture_log_density_and_the_critic_loss_match_torch_distributions():
     batch = random_batch(algo)
     y = algo.td_targets(batch)  # [B, A, M]
     assert y.shape == (64, algo.n_agents, 6) and y.std(-1).mean() > 0  # samples of the target critic's mixture
-    losses, _ = algo.critic_losses(batch, y)
+    losses, _, _ = algo.critic_losses(batch, y)
     x_joint = algo.joint_obs(batch["obs"])
     for k, (group, critic) in enumerate(zip(algo.groups, algo.critics)):
         n = len(group.agents)

@@ -65,9 +65,6 @@ class Mixture(NamedTuple):
         """The mixture of ``scale * X + shift`` (scale > 0): locations and scales move together."""
         return Mixture(self.weight, self.mu * scale + shift, self.sigma * scale)
 
-    def index(self, *where) -> Mixture:
-        return Mixture(self.weight[where], self.mu[where], self.sigma[where])
-
 
 def equal_weights(mu: torch.Tensor, sigma: torch.Tensor) -> Mixture:
     """The equal-weight mixture of the Gaussians (mu, sigma) [..., M]."""

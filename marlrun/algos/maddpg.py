@@ -279,7 +279,7 @@ class MADDPG(Algorithm):
         """One critic step and one actor step for every agent, then polyak-average the targets."""
         with self.autocast():
             y = self.td_targets(batch)
-            critic_loss, q = self.critic_losses(batch, y)
+            critic_loss, q, q_std = self.critic_losses(batch, y)
         y_mean = y.mean(-1) if self.mixture else y  # [B, A]
         explained = 1.0 - (q - y_mean).pow(2).mean(0) / y_mean.var(0).clamp(min=1e-8)  # per agent: about 1 - Var(y - Q) / Var(y)
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -306,7 +306,7 @@ class MADDPG(Algorithm):
         metrics = {"train/critic_loss": critic_loss.detach().mean(), "train/actor_loss": actor_loss.detach().mean(), "train/q": q.mean(),
                    "train/critic_explained_variance": explained.mean()}
         if self.mixture:
-            metrics["train/q_std"], metrics["train/target_std"] = self.q_spread, y.std(-1).mean()
+            metrics["train/q_std"], metrics["train/target_std"] = q_std.mean(), y.std(-1).mean()
         return metrics
 
     @torch.no_grad()
@@ -330,14 +330,14 @@ class MADDPG(Algorithm):
             y[:, group.agents] = (reward + self.cfg.gamma * (1.0 - terminated) * q_next).transpose(0, 1)
         return y
 
-    def critic_losses(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-agent critic loss [A]: the mean squared TD error (mixture: the cross-entropy of the target samples), and
-        E[Q] [B, A] (for logging)."""
+    def critic_losses(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-agent critic loss [A]: the mean squared TD error (mixture: the cross-entropy of the target samples); and,
+        for logging, E[Q] and the standard deviation of Q, each [B, A] (0 for a mean critic)."""
         obs, actions = batch["obs"], batch["action"]
         x = self.joint_obs(obs)
         losses = torch.zeros(self.n_agents, device=self.device)
         q_means = torch.empty(obs.shape[0], self.n_agents, device=self.device)
-        spread = 0.0
+        q_stds = torch.zeros(obs.shape[0], self.n_agents, device=self.device)
         for k, (group, critic) in enumerate(zip(self.groups, self.critics)):
             n = len(group.agents)
             out = self.q_value(k, critic, x, self.own_obs(group, obs), actions.expand(n, *actions.shape))
@@ -345,13 +345,12 @@ class MADDPG(Algorithm):
             if self.mixture:
                 mixture = self.q_mixture(out)
                 loss, q = -mixture.log_prob(target).mean((1, 2)), mixture.mean()
-                spread = spread + mixture.std().detach().sum(0).mean()
+                q_stds[:, group.agents] = mixture.std().detach().T
             else:
                 loss, q = (out - target).pow(2).mean(1), out
             losses = losses.index_copy(0, group.agents, loss)
             q_means[:, group.agents] = q.detach().T
-        self.q_spread = spread / self.n_agents  # the mixtures' mean standard deviation (logged as train/q_std)
-        return losses, q_means
+        return losses, q_means, q_stds
 
     def actor_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-agent actor loss [A]: agent i's critic judges mu_i(o_i) with the other agents' replayed actions."""
@@ -370,22 +369,13 @@ class MADDPG(Algorithm):
 
     @torch.no_grad()
     def return_distribution(self, obs: torch.Tensor, context: dict | None = None) -> list[tuple[str, torch.Tensor, Mixture]] | None:
-        """Every agent's Q mixture at ``obs`` [E, A, ...] for the joint greedy action, per team: (its name, its agents
-        [n], the mixture [E, n, K]); None for a mean critic."""
+        """Every agent's Q mixture at ``obs`` [E, A, ...] for the joint action the evaluation plays there, per team:
+        (its name, its agents [n], the mixture [E, n, K]); None for a mean critic."""
         if not self.mixture:
             return None
         obs = obs.float()
         E, A = obs.shape[:2]
-        joint = torch.empty(E, A, self.n_actions, device=self.device)
-        for group, actor in zip(self.groups, self.actors):
-            logits = actor(self.own_obs(group, obs)).float()
-            if self.discrete:
-                action = F.one_hot(logits.argmax(-1), self.n_actions).float()
-            elif self.gumbel_actions:
-                action = torch.softmax(logits, -1)
-            else:
-                action = self.policy(logits)
-            joint[:, group.agents] = action.transpose(0, 1)
+        joint = self.to_vector(self.act(obs, 0, greedy=True))  # [E, A, K], as replay holds actions
         x = self.joint_obs(obs)
         parts = [torch.empty(E, A, self.cfg.mixture_components, device=self.device) for _ in range(3)]
         for k, (group, critic) in enumerate(zip(self.groups, self.critics)):

@@ -482,8 +482,7 @@ class PPO(Algorithm):
             flat = lambda x: team.to_sets(x.reshape(T * E, team.n, *x.shape[3:]))  # noqa: E731
             alive = pick("alive").float()
             if self.distributional:  # V(s) and V(s') as mixtures in the returns' units; the advantages use their means
-                shift, scale = norm.stats()
-                value_mix, next_mix = gmac_head(value_old).affine(scale, shift), gmac_head(next_out).affine(scale, shift)
+                value_mix, next_mix = self.value_mixture(k, value_old), self.value_mixture(k, next_out)
                 value, next_value = to_tn(value_mix.mean()), to_tn(next_mix.mean())
             else:
                 value, next_value = to_tn(norm.denormalize(value_old)), to_tn(norm.denormalize(next_out))
@@ -502,11 +501,11 @@ class PPO(Algorithm):
             else:
                 returns = advantage + value
                 norm.update(returns[alive.bool()])
-                targets = {"target": flat(norm.normalize(returns))}
+                targets = {"target": flat(norm.normalize(returns)), "value_old": value_old}
             living = advantage[alive.bool()]
             advantage = (advantage - living.mean()) / (living.std() + 1e-8) * alive
             samples = {
-                "advantage": flat(advantage), "alive": flat(alive), "value_old": value_old, **targets,
+                "advantage": flat(advantage), "alive": flat(alive), **targets,
                 "raw": self.sets_from_steps(team, raw), "logp_old": self.sets_from_steps(team, logp_old),
             }
             own_sets = team.to_sets(own)
@@ -534,9 +533,13 @@ class PPO(Algorithm):
         for k, team in enumerate(self.learners):
             with self.autocast():
                 out = self.values(k, team, self.own_input(team, obs), state)
-            shift, scale = self.value_norms[k].stats()
-            teams.append((team.name, team.agents, Mixture(*(team.from_sets(x, obs.shape[0]) for x in gmac_head(out).affine(scale, shift)))))
+            teams.append((team.name, team.agents, Mixture(*(team.from_sets(x, obs.shape[0]) for x in self.value_mixture(k, out)))))
         return teams
+
+    def value_mixture(self, k: int, out: torch.Tensor) -> Mixture:
+        """Critic k's output [S, N, 3K] (normalised) -> its mixture in the returns' units."""
+        shift, scale = self.value_norms[k].stats()
+        return gmac_head(out).affine(scale, shift)
 
     @staticmethod
     def sets_from_steps(team: Team, x: torch.Tensor) -> torch.Tensor:
