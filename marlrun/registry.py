@@ -17,6 +17,7 @@ from marlrun.algos.ppo import PPO, MAPPOConfig, PPOConfig
 from marlrun.algos.qmix import QMIX, QMIXConfig
 from marlrun.algos.super_ddqn import SuperDDQN, SuperDDQNConfig
 from marlrun.envs.base import EnvSpec
+from marlrun.envs.blind_spread import BlindSpreadConfig, blind_spread_spec, make_blind_spread
 from marlrun.envs.battle import BattleConfig, battle_spec, make_battle
 from marlrun.envs.ising import IsingConfig, ising_spec, make_ising
 from marlrun.envs.pursuit import PursuitConfig, make_pursuit, pursuit_env_spec
@@ -50,6 +51,7 @@ ENVIRONMENTS: dict[str, EnvironmentEntry] = {
     "simple_adversary": EnvironmentEntry(SimpleAdversaryConfig, make_simple_adversary, simple_adversary_spec),
     "ising": EnvironmentEntry(IsingConfig, make_ising, ising_spec),
     "battle": EnvironmentEntry(BattleConfig, make_battle, battle_spec),
+    "blind_spread": EnvironmentEntry(BlindSpreadConfig, make_blind_spread, blind_spread_spec),
 }
 
 KINDS = {"algo": ALGORITHMS, "env": ENVIRONMENTS}

@@ -337,6 +337,9 @@ class Run:
                 if unobserved:
                     self.tracker.add(algo.observe(*unobserved))
                 self.tracker.add(algo.update(self.env_steps))
+                if algo.pending_files:
+                    for name, data in algo.take_files().items():
+                        write_json(self.run_dir / name, data)
                 step = self.step_wait(unobserved)
                 unobserved = (obs, actions, step, context)
                 obs = step.obs

@@ -116,7 +116,7 @@ CASES = [
       "algo.opponent=frozen:{root}/RUN"], ["algo.opponent=frozen:", "a run of algo=super_ddqn, not of MF-Q"]),
     (["train", "-m", *TINY, "hydra/sweeper=optuna", "hydra.sweeper.direction=sideways"], ["direction=sideways", "minimize or maximize"]),
     (["train", "-m", *TINY, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=0"], ["n_trials=0", "at least one trial"]),
-    (["train", *TINY, "algo.parameter_sharing=2"], ["algo.parameter_sharing=2", "true or false"]),
+    (["train", *TINY, "algo.parameter_sharing=2"], ["algo.parameter_sharing", "'2' is not one of none, all, selective"]),
     (["train", *TINY, "env.surround=yes"], ["env.surround", "true or false"]),
     (["train", *TINY, "algo.sharnig=none"], ["unknown config key 'algo.sharnig'", "did you mean algo.sharing?"]),
     (["train", *TINY, "+env.x_sise=8"], ["unknown config key 'env.x_sise'", "did you mean env.x_size?"]),

@@ -59,6 +59,7 @@ class Algorithm:
     def __init__(self, cfg: Any, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         self.cfg, self.spec, self.num_envs, self.device, self.precision = cfg, spec, num_envs, device, precision
         self.generator = torch.Generator(device="cpu" if device.type == "meta" else device).manual_seed(seed)  # meta: a size estimate (build.learner_bytes)
+        self.pending_files: dict[str, Any] = {}  # records for the run folder (name -> JSON data), handed over by take_files()
 
     @classmethod
     def check_run(cls, cfg: Any, total_steps: int, num_envs: int) -> None:
@@ -93,6 +94,12 @@ class Algorithm:
 
     def update(self, env_steps: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def take_files(self) -> dict[str, Any]:
+        """Records to keep in the run folder as JSON files (name -> data) written since the last call (the runner
+        writes them after each update)."""
+        files, self.pending_files = self.pending_files, {}
+        return files
 
     def schedule(self, env_steps: int) -> dict[str, float]:
         """Scalars of the algorithm's schedules at ``env_steps`` (exploration, temperature...), logged each log step."""

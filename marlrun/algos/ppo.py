@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm, set_by_user
+from marlrun.algos.seps import Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, copy_into_sets, sharing_mode
 from marlrun.algos.distributional import Mixture, energy_distance, equal_weights, gmac_head, sample_replacement_targets
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require
@@ -54,7 +55,8 @@ class PPOConfig:
     name: str = "ippo"
     critic: str = "local"  # local: V(o_i) (IPPO) | central: V(state, o_i) (MAPPO; the concatenated observations without a state)
     random_teams: list[str] = field(default_factory=list)  # teams played by a uniformly random policy, which do not learn (e.g. [blue] on battle)
-    parameter_sharing: bool = True  # one actor and one critic per team, with one-hot agent ids (false: a weight set per agent)
+    parameter_sharing: str = "all"  # all: one actor and one critic per team, with one-hot agent ids | none: a weight set per agent | selective: SePS, one per cluster of alike agents, found after algo.seps.pretraining_steps (true/false: all/none)
+    seps: SePSConfig = field(default_factory=SePSConfig)  # selective sharing's settings (algo.seps.*)
     lr: float = 5e-4  # actor Adam learning rate
     critic_lr: float = 5e-4  # critic Adam learning rate
     adam_eps: float = 1e-5  # Adam epsilon
@@ -83,6 +85,7 @@ class PPOConfig:
     greedy_eval: bool = True  # evaluation: the most likely action (true) or a sample of the policy (false)
 
     def __post_init__(self) -> None:
+        self.parameter_sharing = sharing_mode(self.parameter_sharing)
         require(self.critic in CRITICS, "algo.critic", f"unknown critic '{self.critic}'; pick one of {', '.join(CRITICS)}")
         require(self.critic_distribution in CRITIC_DISTRIBUTIONS, "algo.critic_distribution",
                 f"unknown critic distribution '{self.critic_distribution}'; pick one of {', '.join(CRITIC_DISTRIBUTIONS)}")
@@ -170,19 +173,19 @@ class Torso(nn.Module):
     One weight set (parameter sharing) runs ``nn.Conv2d`` (oneDNN: several times faster than im2col on a 13x13 view
     with few channels); several run the batched im2col convolutions of ``marlrun/nn.py``."""
 
-    def __init__(self, n_sets: int, in_features: int, image: tuple[int, ...], conv_channels: list[int], kernel: int):
+    def __init__(self, n_sets: int, in_features: int, image: tuple[int, ...], conv_channels: list[int], kernel: int, set_convs: bool = False):
         super().__init__()
         self.image = tuple(image) if len(image) == 3 and conv_channels else None
         self.out_features = in_features
+        self.shared = n_sets == 1 and not set_convs  # set_convs: one set in the sets' layout (selective sharing copies it to K)
         if self.image is not None:
             h, w, c = self.image
             layers = []
             for width in conv_channels:
                 if min(h, w) < kernel:
                     raise UserError(f"algo.conv_channels: {len(conv_channels)} convolutions of {kernel}x{kernel} do not fit a {image[0]}x{image[1]} observation")
-                layers += [nn.Conv2d(c, width, kernel), nn.ReLU(inplace=True)] if n_sets == 1 else [SetConv2dReLU(n_sets, c, width, kernel, (h, w))]
+                layers += [nn.Conv2d(c, width, kernel), nn.ReLU(inplace=True)] if self.shared else [SetConv2dReLU(n_sets, c, width, kernel, (h, w))]
                 c, h, w = width, h - kernel + 1, w - kernel + 1
-            self.shared = n_sets == 1
             self.convs = nn.Sequential(*layers)
             self.out_features = c * h * w + in_features - math.prod(self.image)
 
@@ -241,7 +244,8 @@ class Team:
     agents: torch.Tensor  # [n] columns of the env's [E, A] tensors
     obs_size: int  # real entries of each member's flat observation
     learns: bool
-    shared: bool = True  # one weight set for the team (agents folded into the batch, with one-hot ids)
+    groups: Groups  # which weight set each member uses: one for all, one each, or one per SePS cluster
+    ids: bool  # members see their one-hot id (whenever they may share a set)
 
     @property
     def n(self) -> int:
@@ -249,26 +253,25 @@ class Team:
 
     @property
     def n_sets(self) -> int:
-        return 1 if self.shared else self.n
+        return self.groups.S
 
     def to_sets(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, n, ...] -> [S, N, ...]: the samples of each weight set (shared: N = B * n; else N = B per agent)."""
-        return x.reshape(1, -1, *x.shape[2:]) if self.shared else x.transpose(0, 1)
+        """[B, n, ...] -> [S, N, ...]: the samples of each weight set (one for all: N = B * n; one each: N = B)."""
+        return self.groups.split(x)
 
     def from_sets(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         """[S, N, ...] -> [B, n, ...]."""
-        return y.reshape(batch, self.n, *y.shape[2:]) if self.shared else y.transpose(0, 1)
+        return self.groups.join(y, batch)
 
     def state_rows(self, batch: int, device: torch.device) -> torch.Tensor:
         """[N]: the row of [B] shared inputs (states) each of a set's N samples belongs to."""
-        rows = torch.arange(batch, device=device)
-        return rows.repeat_interleave(self.n) if self.shared else rows
+        return self.groups.rows(batch, device)
 
 
 # ---------------------------------------------------------------------------- the algorithm
 class PPO(Algorithm):
     suggestion = ""
-    state_keys = ("nets", "optimizer", "generator", "rollout", "acted", "gradient_steps", "updates")
+    state_keys = ("seps", "nets", "optimizer", "generator", "rollout", "acted", "gradient_steps", "updates")
 
     @classmethod
     def ineffective(cls, cfg: PPOConfig, spec: EnvSpec) -> list[str]:
@@ -320,44 +323,103 @@ class PPO(Algorithm):
         if unknown:
             raise UserError(f"algo.random_teams: env={spec.name} has no team {', '.join(map(repr, unknown))}; its teams are {', '.join(spec.team_names)}")
         self.teams: list[Team] = []
+        sharing = cfg.parameter_sharing
         for team_name in spec.team_names:
             members = spec.team_members(team_name)
             sizes = {spec.obs_size(a) for a in members}
             if len(sizes) > 1:
                 raise UserError(f"algo={cfg.name}: team '{team_name}' of env={spec.name} mixes observation sizes {sorted(sizes)}; a team's agents share a policy shape")
-            self.teams.append(Team(team_name, torch.tensor(members, device=device), sizes.pop(), team_name not in cfg.random_teams, cfg.parameter_sharing))
+            groups = Groups.of("none" if sharing == "none" else "all", len(members)).to(device)  # selective: one set until clustering
+            self.teams.append(Team(team_name, torch.tensor(members, device=device), sizes.pop(), team_name not in cfg.random_teams, groups, sharing != "none"))
         self.learners = [t for t in self.teams if t.learns]
         if not self.learners:
             raise UserError(f"algo.random_teams: every team of env={spec.name} is random; leave at least one to learn")
+        # selective sharing: each learning team of several agents is clustered once, after pre-training
+        self.seps = TeamSharing({t.name: SelectiveSharing(cfg.seps, t.n, t.obs_size, self.K, device)
+                                 for t in self.learners if sharing == "selective" and t.n > 1})
 
         width = math.prod(spec.obs_shape)
         self.joint_index = torch.cat([a * width + torch.arange(spec.obs_size(a)) for a in range(spec.n_agents)]).to(device)
         state_features = 0
         if self.central:
             state_features = math.prod(spec.state_shape) if self.use_state else len(self.joint_index)
+        self.state_features = state_features
         self.actors, self.critics, self.log_stds, self.value_norms = nn.ModuleList(), nn.ModuleList(), nn.ParameterList(), nn.ModuleList()
         for team in self.learners:
-            own = team.obs_size + (team.n if team.shared and team.n > 1 else 0)
-            actor_torso = Torso(team.n_sets, own, spec.obs_shape, list(cfg.conv_channels), cfg.conv_kernel)
-            actor = nn.Sequential(actor_torso, SetMLP(team.n_sets, actor_torso.out_features, list(cfg.hidden), self.K))
-            # the critic reads its inputs flat: convolutions there would double the update's cost for a value estimate
-            critic_net = Critic(team.n_sets, Torso(team.n_sets, own, spec.obs_shape, [], cfg.conv_kernel), state_features, list(cfg.hidden),
-                                3 * cfg.mixture_components if self.distributional else 1)
-            orthogonal_init(actor, math.sqrt(2), 0.01)
-            orthogonal_init(critic_net, math.sqrt(2), 1.0)
+            actor, critic_net, log_std = self.team_networks(team)
             self.actors.append(actor)
             self.critics.append(critic_net)
-            self.log_stds.append(nn.Parameter(torch.full((team.n_sets, 1, self.K), float(cfg.log_std_init))))
+            self.log_stds.append(log_std)
             self.value_norms.append(RunningNorm() if cfg.value_norm else NoValueNorm())
         self.nets = nn.ModuleDict({"actors": self.actors, "critics": self.critics, "log_stds": self.log_stds, "value_norms": self.value_norms}).to(device)
-        actor_params = list(self.actors.parameters()) + (list(self.log_stds.parameters()) if not self.discrete else [])
-        self.optimizer = torch.optim.Adam([{"params": actor_params, "lr": cfg.lr}, {"params": list(self.critics.parameters()), "lr": cfg.critic_lr}],
-                                          eps=cfg.adam_eps, fused=True)
+        self.optimizer = self.make_optimizer(cfg.lr, cfg.critic_lr)
 
         self.acted: deque = deque()  # what act() sampled (raw actions, log-probs), until observe() gets the step
         self.rollout: list[dict] = []
         self.gradient_steps = 0
         self.updates = 0
+
+    def team_networks(self, team: Team) -> tuple[nn.Module, nn.Module, nn.Parameter]:
+        """A team's actor, critic and Gaussian log std, one weight set per set of ``team.groups``."""
+        cfg = self.cfg
+        own = team.obs_size + (team.n if team.ids and team.n > 1 else 0)
+        set_convs = team.name in self.seps  # selective: even one set in the sets' layout, so that it copies to K
+        actor_torso = Torso(team.n_sets, own, self.spec.obs_shape, list(cfg.conv_channels), cfg.conv_kernel, set_convs)
+        actor = nn.Sequential(actor_torso, SetMLP(team.n_sets, actor_torso.out_features, list(cfg.hidden), self.K))
+        # the critic reads its inputs flat: convolutions there would double the update's cost for a value estimate
+        critic_net = Critic(team.n_sets, Torso(team.n_sets, own, self.spec.obs_shape, [], cfg.conv_kernel), self.state_features, list(cfg.hidden),
+                            3 * cfg.mixture_components if self.distributional else 1)
+        orthogonal_init(actor, math.sqrt(2), 0.01)
+        orthogonal_init(critic_net, math.sqrt(2), 1.0)
+        log_std = nn.Parameter(torch.full((team.n_sets, 1, self.K), float(cfg.log_std_init), device=self.device))
+        return actor.to(self.device), critic_net.to(self.device), log_std
+
+    def make_optimizer(self, lr: float, critic_lr: float) -> torch.optim.Optimizer:
+        actor_params = list(self.actors.parameters()) + (list(self.log_stds.parameters()) if not self.discrete else [])
+        return torch.optim.Adam([{"params": actor_params, "lr": lr}, {"params": list(self.critics.parameters()), "lr": critic_lr}],
+                                eps=self.cfg.adam_eps, fused=True)
+
+    # ------------------------------------------------------------------ selective sharing
+    def use_clusters(self, name: str, assignment: torch.Tensor) -> None:
+        """Team ``name`` from one weight set to one per cluster, each a copy of the shared one (its outputs unchanged),
+        Adam's moments carried over."""
+        k = next(i for i, t in enumerate(self.learners) if t.name == name)
+        team = self.learners[k]
+        old = (self.actors[k], self.critics[k], self.log_stds[k])
+        old_groups, team.groups = team.groups, Groups(assignment).to(self.device)
+        # the step acted on but not yet observed: its samples and log-probs (the same under the copies) in the new layout
+        relaid = lambda x: team.groups.split(old_groups.join(x, self.num_envs))  # noqa: E731
+        self.acted = deque([[(relaid(raw), relaid(logp)) if i == k else (raw, logp) for i, (raw, logp) in enumerate(sampled)] for sampled in self.acted])
+        new = self.team_networks(team)
+        copy_into_sets(old[0], new[0])
+        copy_into_sets(old[1], new[1])
+        with torch.no_grad():
+            new[2].copy_(old[2].expand_as(new[2]))
+        self.actors[k], self.critics[k], self.log_stds[k] = new
+        pairs = list(zip(old[0].parameters(), new[0].parameters())) + list(zip(old[1].parameters(), new[1].parameters())) + [(old[2], new[2])]
+        unchanged = [p for p in self.nets.parameters() if all(p is not q for _, q in pairs)]
+        optimizer = self.make_optimizer(self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[1]["lr"])
+        carry_optimizer(self.optimizer, optimizer, pairs + [(p, p) for p in unchanged])
+        self.optimizer = optimizer
+
+    def cluster_due(self, env_steps: int) -> dict[str, torch.Tensor]:
+        """Cluster every team whose pre-training is over; the clustering's scalars."""
+        metrics: dict[str, torch.Tensor] = {}
+        for team in self.learners:
+            part = self.seps.get(team.name)
+            if part is None or not part.due(env_steps):
+                continue
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=self.device))
+            names = [self.spec.agent_names[a] for a in team.agents.tolist()]
+            self.use_clusters(team.name, part.cluster(seed, env_steps, names))
+            metrics.update(part.metrics(team.name if len(self.learners) > 1 else None))
+            self.pending_files["seps_clusters.json"] = {name: p.record for name, p in self.seps.items() if p.record}
+        return metrics
+
+    def load_state_dict(self, state: dict, generators: bool = True) -> None:
+        for name, assignment in self.seps.clustered(state.get("seps", {})).items():
+            self.use_clusters(name, assignment)  # the K weight sets, before their weights are restored
+        super().load_state_dict(state, generators)
 
     @property
     def uses_state(self) -> bool:
@@ -367,7 +429,7 @@ class PPO(Algorithm):
     def own_input(self, team: Team, obs: torch.Tensor) -> torch.Tensor:
         """[B, A, ...] -> [B, n, F]: each member's real observation entries (and its one-hot id under sharing)."""
         x = obs.flatten(2)[:, team.agents, : team.obs_size].float()
-        if team.shared and team.n > 1:
+        if team.ids and team.n > 1:
             ids = torch.eye(team.n, device=x.device).expand(x.shape[0], -1, -1)
             x = torch.cat([x, ids], dim=-1)
         return x
@@ -439,6 +501,12 @@ class PPO(Algorithm):
     # ------------------------------------------------------------------ collecting
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, step: VecStep, context: dict | None = None) -> dict:
         sampled = self.acted.popleft()
+        for team in self.learners:
+            part = self.seps.get(team.name)
+            if part is not None and part.assignment is None:
+                action = actions[:, team.agents]
+                part.keep(obs.flatten(2)[:, team.agents, : team.obs_size], F.one_hot(action, self.K) if self.discrete else action,
+                          step.reward[:, team.agents], step.next_obs.flatten(2)[:, team.agents, : team.obs_size], step.alive[:, team.agents])
         state = (context or {}).get("state")
         self.rollout.append({
             "obs": obs, "next_obs": step.next_obs, "reward": step.reward, "terminated": step.terminated,
@@ -494,7 +562,7 @@ class PPO(Algorithm):
                 norm.update(target_mu.mean(-1)[alive.bool()])
                 shift, scale = norm.stats()
                 targets = {"target_mu": flat((target_mu - shift) / scale), "target_sigma": flat(target_sigma / scale)}
-                living_values = flat(alive).bool()
+                living_values = flat(alive).bool() if team.groups.sample_mask(T * E) is None else (flat(alive) * team.groups.sample_mask(T * E)).bool()
                 metrics.setdefault("train/value_mean", []).append(value_mix.mean()[living_values].mean())
                 metrics.setdefault("train/value_std", []).append(value_mix.std()[living_values].mean())
                 metrics.setdefault("train/target_std", []).append(flat(equal_weights(target_mu, target_sigma).std())[living_values].mean())
@@ -504,8 +572,9 @@ class PPO(Algorithm):
                 targets = {"target": flat(norm.normalize(returns)), "value_old": value_old}
             living = advantage[alive.bool()]
             advantage = (advantage - living.mean()) / (living.std() + 1e-8) * alive
+            padding = team.groups.sample_mask(T * E)  # selective sharing: a cluster's empty slots learn nothing
             samples = {
-                "advantage": flat(advantage), "alive": flat(alive), **targets,
+                "advantage": flat(advantage), "alive": flat(alive) if padding is None else flat(alive) * padding, **targets,
                 "raw": self.sets_from_steps(team, raw), "logp_old": self.sets_from_steps(team, logp_old),
             }
             own_sets = team.to_sets(own)
@@ -520,7 +589,10 @@ class PPO(Algorithm):
                         metrics.setdefault(key, []).append(value)
                     self.gradient_steps += 1
         self.updates += 1
-        return {key: torch.stack(values).mean() for key, values in metrics.items()}
+        out = {key: torch.stack(values).mean() for key, values in metrics.items()}
+        if self.seps:  # between rollouts: the next one is collected with the new sets
+            out.update(self.cluster_due(env_steps))
+        return out
 
     @torch.no_grad()
     def return_distribution(self, obs: torch.Tensor, context: dict | None = None) -> list[tuple[str, torch.Tensor, Mixture]] | None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from marlrun.algos.seps import sharing_mode
 from marlrun.algos.base import Algorithm, linear_schedule
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import require, require_batch_fits
@@ -50,7 +51,7 @@ class QMIXConfig:
 
     name: str = "qmix"
     mixer: str = "qmix"  # qmix: monotonic mixing network from hypernetworks of the state | vdn: the sum of the agents' Qs
-    parameter_sharing: bool = True  # one agent network with the agent's one-hot id as extra input planes (pymarl's default) | false: a weight set per agent
+    parameter_sharing: str = "all"  # all: one agent network with the agent's one-hot id as extra input planes (pymarl's default) | none: a weight set per agent (true/false: all/none)
     lr: float = 5e-4  # RMSprop learning rate (pymarl)
     optim_alpha: float = 0.99  # RMSprop smoothing constant (pymarl)
     optim_eps: float = 1e-5  # RMSprop epsilon (pymarl)
@@ -73,6 +74,7 @@ class QMIXConfig:
     head_hidden: int = 256  # hidden units of the dueling value and advantage streams
 
     def __post_init__(self) -> None:
+        self.parameter_sharing = sharing_mode(self.parameter_sharing, allowed=("none", "all"))
         require(self.mixer in MIXERS, "algo.mixer", f"unknown mixer '{self.mixer}'; pick one of {', '.join(MIXERS)}")
         for key in ("lr", "optim_eps", "max_grad_norm"):
             require(getattr(self, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(self, key)}")
@@ -146,8 +148,8 @@ class QMIX(Algorithm):
 
         # agents: one weight set each, or one shared set that sees the agent's id as A extra input planes
         h, w, c = spec.obs_shape
-        in_shape = (h, w, c + A) if cfg.parameter_sharing else spec.obs_shape
-        net_args = (1 if cfg.parameter_sharing else A, in_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
+        in_shape = (h, w, c + A) if cfg.parameter_sharing == "all" else spec.obs_shape
+        net_args = (1 if cfg.parameter_sharing == "all" else A, in_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
         self.agents = DuelingQNetwork(*net_args).to(device)
         self.target_agents = DuelingQNetwork(*net_args).to(device)
         make_mixer = lambda: QMixer(A, math.prod(spec.state_shape), cfg.mixing_embed, cfg.hypernet_embed) if cfg.mixer == "qmix" else VDNMixer()  # noqa: E731
@@ -174,7 +176,7 @@ class QMIX(Algorithm):
     def agent_q(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
         """obs [B, A, H, W, C] -> every agent's Q values [B, A, n_actions] (fp32)."""
         B, A = obs.shape[:2]
-        if self.cfg.parameter_sharing:
+        if self.cfg.parameter_sharing == "all":
             ids = self.agent_id.view(1, A, 1, 1, A).expand(B, A, *obs.shape[2:4], A)
             q = net(torch.cat([obs, ids], -1).reshape(1, B * A, *obs.shape[2:4], -1))
             return q.view(B, A, -1)

@@ -10,13 +10,15 @@ Multi-Agent Reinforcement Learning", NeurIPS 2023. Per training iteration:
 3. every agent samples a minibatch from its own (prioritized) buffer and takes
    a gradient step. Sharing does not change the number of updates.
 
-All agents are one batched network (a weight set per agent, or one set with
-``parameter_sharing``) and one replay with an agent dimension: nothing here
-loops over agents in Python.
+All agents are one batched network (a weight set per agent, one set for all
+with ``parameter_sharing=all``, or one per cluster of alike agents with
+``selective``: SePS, ``marlrun/algos/seps.py``) and one replay with an agent
+dimension: nothing here loops over agents in Python.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm, linear_schedule
+from marlrun.algos.seps import Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, copy_into_sets, sharing_mode
 from marlrun.algos.sharing import HEURISTICS, make_heuristic, shared_fraction
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require, require_batch_fits
@@ -43,7 +46,8 @@ class SuperDDQNConfig:
     bandwidth: float = 0.1  # beta: target fraction of each agent's transitions shared, in (0, 1]
     window: int = 1500  # k: recent |TD| values the quantile and gaussian heuristics remember
     share_team: Optional[str] = None  # share only among agents of this team (null: every team within itself)
-    parameter_sharing: bool = False  # baseline: one network trained on every agent's replay instead of one per agent
+    parameter_sharing: str = "none"  # none: a network per agent | all: one network trained on every agent's replay (a baseline) | selective: SePS, one per cluster of alike agents, found after algo.seps.pretraining_steps (true/false: all/none)
+    seps: SePSConfig = field(default_factory=SePSConfig)  # selective sharing's settings (algo.seps.*)
     # DQN
     lr: float = 1.6e-4  # Adam learning rate
     adam_eps: float = 1e-8  # Adam epsilon
@@ -72,6 +76,7 @@ class SuperDDQNConfig:
     head_hidden: int = 256  # hidden units in the value and advantage streams
 
     def __post_init__(self) -> None:
+        self.parameter_sharing = sharing_mode(self.parameter_sharing)
         require(self.sharing in HEURISTICS, "algo.sharing", f"unknown heuristic '{self.sharing}'; pick one of {', '.join(HEURISTICS)}")
         require(0.0 < self.bandwidth <= 1.0, "algo.bandwidth", f"beta must be in (0, 1], got {self.bandwidth}")
         require(self.window >= 1, "algo.window", f"must be >= 1, got {self.window}")
@@ -91,22 +96,17 @@ class SuperDDQNConfig:
 class SuperDDQN(Algorithm):
     requires = frozenset({"discrete_actions", "homogeneous"})
     suggestion = "Use algo=maddpg for continuous or mixed agents."
-    state_keys = ("q", "q_target", "optimizer", "heuristic", "generator", "pending_updates", "gradient_steps", "last_target_update",
+    state_keys = ("seps", "q", "q_target", "optimizer", "heuristic", "generator", "pending_updates", "gradient_steps", "last_target_update",
                   "fragment", "replay")
 
     memory_keys = {"replay": "algo.buffer_size (replay per agent)", "q": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "q_target": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "optimizer": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)"}
     def __init__(self, cfg: SuperDDQNConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
-        n_sets = 1 if cfg.parameter_sharing else A
-        net_args = (n_sets, spec.obs_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
-        self.q = DuelingQNetwork(*net_args).to(device)
-        # The target network only ever computes, so it is kept in the precision it computes in (bf16 or fp32):
-        # no cast of its weights in every pass, and the same numbers as casting fp32 weights each time.
-        self.q_target = DuelingQNetwork(*net_args).to(device, compute_dtype(precision))
-        self.q_target.load_state_dict(self.q.state_dict())
-        self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)  # one kernel for all weights
+        self.groups = Groups.of("none" if cfg.parameter_sharing == "none" else "all", A).to(device)  # selective: one set until clustering
+        self.seps = TeamSharing({"agents": SelectiveSharing(cfg.seps, A, math.prod(spec.obs_shape), spec.n_actions, device)}
+                                if cfg.parameter_sharing == "selective" else {})
+        self.build_networks()
 
         self.replay = AgentReplay(A, cfg.buffer_size, spec.obs_shape, spec.obs_storage_dtype, device, prioritized=cfg.prioritized,
                                   alpha=cfg.per_alpha, beta=cfg.per_beta, eps=cfg.per_eps, generator=self.generator)
@@ -122,6 +122,34 @@ class SuperDDQN(Algorithm):
         self.gradient_steps = 0  # per agent
         self.last_target_update = 0
 
+    def build_networks(self) -> None:
+        """The online and target networks (one weight set per set of ``groups``) and the optimizer."""
+        cfg, spec = self.cfg, self.spec
+        net_args = (self.groups.S, spec.obs_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
+        self.q = DuelingQNetwork(*net_args).to(self.device)
+        # The target network only ever computes, so it is kept in the precision it computes in (bf16 or fp32):
+        # no cast of its weights in every pass, and the same numbers as casting fp32 weights each time.
+        self.q_target = DuelingQNetwork(*net_args).to(self.device, compute_dtype(self.precision))
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)  # one kernel for all weights
+
+    # ------------------------------------------------------------------ selective sharing
+    def use_clusters(self, assignment: torch.Tensor) -> None:
+        """From one weight set to one per cluster, each a copy of the shared one (online and target; Q unchanged),
+        Adam's moments carried over."""
+        old_q, old_target, old_optimizer = self.q, self.q_target, self.optimizer
+        self.groups = Groups(assignment).to(self.device)
+        self.build_networks()
+        copy_into_sets(old_q, self.q)
+        copy_into_sets(old_target, self.q_target)
+        carry_optimizer(old_optimizer, self.optimizer, list(zip(old_q.parameters(), self.q.parameters())))
+
+    def load_state_dict(self, state: dict, generators: bool = True) -> None:
+        for assignment in self.seps.clustered(state.get("seps", {})).values():
+            self.use_clusters(assignment)  # the K weight sets, before their weights are restored
+        super().load_state_dict(state, generators)
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _share_matrix(spec: EnvSpec, share_team: str | None) -> torch.Tensor:
@@ -134,10 +162,9 @@ class SuperDDQN(Algorithm):
         return same
 
     def _q_values(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
-        """obs [A, B, ...] -> Q [A, B, n_actions], folding agents into the batch under parameter sharing."""
-        if self.cfg.parameter_sharing:
-            return net(obs.reshape(1, -1, *obs.shape[2:])).reshape(*obs.shape[:2], -1)
-        return net(obs)
+        """obs [A, B, ...] -> Q [A, B, n_actions], each agent through its weight set (agents folded into the batch of
+        a set they share)."""
+        return self.groups.join_agents_first(net(self.groups.split_agents_first(obs)), obs.shape[1])
 
     def epsilon(self, env_steps: int) -> float:
         return linear_schedule(self.cfg.epsilon_start, self.cfg.epsilon_end, self.cfg.epsilon_decay_steps, env_steps)
@@ -190,6 +217,9 @@ class SuperDDQN(Algorithm):
 
     @torch.no_grad()
     def _insert_and_share(self, obs, action, reward, next_obs, terminated, alive) -> dict[str, torch.Tensor]:
+        for part in self.seps.values():  # selective sharing's pre-training keeps what the encoder learns from
+            if part.assignment is None:
+                part.keep(obs.transpose(0, 1), F.one_hot(action, self.spec.n_actions).transpose(0, 1), reward.T, next_obs.transpose(0, 1), alive.T)
         td_abs = self.td_error(obs, action, reward, next_obs, terminated).abs()
         share = self.heuristic.select(td_abs, alive)  # [A, N]
         # Sender a's selected transition n goes to every receiver b with receives[a, b].
@@ -220,6 +250,12 @@ class SuperDDQN(Algorithm):
         if env_steps - self.last_target_update >= self.cfg.target_update_interval:
             self.q_target.load_state_dict(self.q.state_dict())
             self.last_target_update = env_steps
+        part = self.seps.get("agents")
+        if part is not None and part.due(env_steps):
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=self.device))
+            self.use_clusters(part.cluster(seed, env_steps, list(self.spec.agent_names)))
+            metrics = {**metrics, **part.metrics(None)}
+            self.pending_files["seps_clusters.json"] = {name: p.record for name, p in self.seps.items()}
         return metrics
 
     def gradient_step(self) -> dict[str, torch.Tensor]:

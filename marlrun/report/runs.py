@@ -251,21 +251,31 @@ def _override_labels(groups: list[Group], ignore: Sequence[str]) -> list[str] | 
     return labels if all(labels) and len(set(labels)) == len(labels) else None
 
 
+def parameter_sharing(config: dict[str, Any]) -> str | None:
+    """A run's ``algo.parameter_sharing`` as none, all or selective (runs before selective sharing saved true/false)."""
+    value = config.get("algo.parameter_sharing")
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    return {"true": "all", "false": "none"}.get(str(value).lower(), value) if value is not None else None
+
+
 def method_name(config: dict[str, Any]) -> str | None:
     """What a reader calls the method a run's config trains ("SUPER quantile", "independent DDQN", "QMIX, standardised
     rewards", "MAPPO"); None for an algorithm it has no name for."""
     algo = config.get("algo.name")
+    networks = parameter_sharing(config)
     if algo == "super_ddqn":
         sharing = config.get("algo.sharing")
         if sharing == "none":
-            return "parameter sharing" if config.get("algo.parameter_sharing") else "independent DDQN"
+            return {"all": "parameter sharing", "selective": "selective parameter sharing"}.get(networks, "independent DDQN")
         name = "share all" if sharing == "all" else f"SUPER {sharing}"
-        return name + (", parameter sharing" if config.get("algo.parameter_sharing") else "")
+        return name + {"all": ", parameter sharing", "selective": ", selective parameter sharing"}.get(networks, "")
     if algo == "qmix":
         name = "VDN" if config.get("algo.mixer") == "vdn" else "QMIX"
         return name + (", standardised rewards" if config.get("algo.standardise_rewards") else "")
     if algo in ("ippo", "mappo"):
-        return algo.upper() + (", greedy evaluation" if config.get("algo.greedy_eval") else "")
+        name = algo.upper() + {"none": ", no parameter sharing", "selective": ", selective parameter sharing"}.get(networks, "")
+        return name + (", greedy evaluation" if config.get("algo.greedy_eval") else "")
     return {"maddpg": "MADDPG", "mfq": "MF-Q", "mcmc": "MCMC"}.get(algo)
 
 
