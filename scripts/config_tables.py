@@ -91,8 +91,9 @@ def _rows(schema: type, prefix: str, only: set[str] | None = None) -> list[str]:
     for k in schema_keys(schema):
         if schema is RunConfig and k.key in GROUPS_OF_THE_RUN:
             continue
-        if dataclasses.is_dataclass(k.default):  # a nested group of keys (objective)
-            rows += _rows(type(k.default), f"{prefix}{k.key}.")
+        if dataclasses.is_dataclass(k.default):  # a nested group of keys (objective, algo.seps)
+            if only is None or k.key in only:
+                rows += _rows(type(k.default), f"{prefix}{k.key}.")
             continue
         if only is not None and k.key not in only:
             continue

@@ -187,8 +187,8 @@ def test_encoder_finds_the_colours_of_blind_spread_and_resume_and_eval_restore_t
     _, _, restored = build_ppo(compose_cfg, *overrides)
     restored.load_state_dict(copy.deepcopy(algo.state_dict()))
     results = []
-    for learner in (algo, restored):
-        _, logs = play(env, learner, 50, start=250, obs=obs.clone())
+    for learner, copy_of_env in ((algo, copy.deepcopy(env)), (restored, env)):  # the same games for both
+        _, logs = play(copy_of_env, learner, 50, start=240, obs=obs.clone())
         results.append(logs)
     truth = agent_types(BlindSpreadConfig()).numpy()
     for learner in (algo, restored):
@@ -234,3 +234,46 @@ def test_selective_run_keeps_its_clusters_in_the_folder_and_eval_and_resume_use_
 def test_selective_is_refused_where_it_is_not_built(compose_cfg):
     with pytest.raises(UserError, match="selective sharing is built for ippo, mappo and super_ddqn"):
         validate(compose_cfg(["algo=qmix", "env=pursuit_small", "algo.parameter_sharing=selective"]))
+
+
+# ---------------------------------------------------------------------------- blind-particle spread
+def test_blind_spread_moves_as_mpes_own_physics_does():
+    # the same world in mpe2's engine (World.step: forces, damping, integration), stepped with the same actions
+    from mpe2._mpe_utils.core import Agent, Landmark, World
+
+    from marlrun.envs.blind_spread import BlindSpreadVecEnv
+
+    cfg = BlindSpreadConfig(groups=[2, 3], max_cycles=40)
+    env = BlindSpreadVecEnv(cfg, 1, seed=3)
+    obs = env.reset()
+    world = World()
+    world.dim_c = 2
+    world.agents = [Agent() for _ in range(5)]
+    world.landmarks = [Landmark() for _ in range(2)]
+    for agent, pos in zip(world.agents, env.pos[0].double().numpy()):
+        agent.collide, agent.silent, agent.size = False, True, 0.15
+        agent.state.p_pos, agent.state.p_vel, agent.state.c = pos.copy(), np.zeros(2), np.zeros(2)
+    for landmark, pos in zip(world.landmarks, env.landmarks[0].double().numpy()):
+        landmark.collide, landmark.movable = False, False
+        landmark.state.p_pos, landmark.state.p_vel = pos.copy(), np.zeros(2)
+    moves = {0: (0, 0), 1: (-1, 0), 2: (1, 0), 3: (0, -1), 4: (0, 1)}
+    rng = np.random.default_rng(0)
+    colour = agent_types(cfg).numpy()
+    for t in range(39):
+        actions = rng.integers(0, 5, 5)
+        for agent, a in zip(world.agents, actions):
+            agent.action.u, agent.action.c = 5.0 * np.array(moves[int(a)], dtype=float), np.zeros(2)
+        world.step()
+        step = env.step(torch.as_tensor(actions)[None])
+        positions = np.array([a.state.p_pos for a in world.agents])
+        np.testing.assert_allclose(env.pos[0].numpy(), positions, atol=1e-5)
+        np.testing.assert_allclose(env.vel[0].numpy(), [a.state.p_vel for a in world.agents], atol=1e-5)
+        goals = np.array([world.landmarks[c].state.p_pos for c in colour])
+        np.testing.assert_allclose(step.reward[0].numpy(), -0.5 * np.linalg.norm(positions - goals, axis=1), atol=1e-5)
+        expected = [np.concatenate([a.state.p_vel, a.state.p_pos, *[lm.state.p_pos - a.state.p_pos for lm in world.landmarks]]) for a in world.agents]
+        np.testing.assert_allclose(step.obs[0].numpy(), expected, atol=1e-5)
+        assert not step.truncated.any()
+    step = env.step(torch.zeros(1, 5, dtype=torch.long))  # step 40: the time limit, a new episode
+    assert step.truncated.all() and step.episode_end.all() and set(step.episode_info) == {"game/final_distance", "game/on_landmark"}
+    assert not torch.equal(step.obs, step.next_obs) and env.steps[0] == 0
+    assert env.frame(0).shape == (400, 400, 3)

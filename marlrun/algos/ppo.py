@@ -308,7 +308,7 @@ class PPO(Algorithm):
         per_step = num_envs * 4 * (2 * spec.n_agents * obs + 2 * shared + 8 * spec.n_agents)
         return {"rollout": cfg.rollout_steps * per_step}
 
-    memory_keys = {"rollout": "algo.rollout_steps x hardware.num_envs (the rollout)", "actors": "algo.hidden, algo.conv_channels (the networks)",
+    memory_keys = {"seps": "algo.seps.samples (the transitions selective sharing keeps per agent)", "rollout": "algo.rollout_steps x hardware.num_envs (the rollout)", "actors": "algo.hidden, algo.conv_channels (the networks)",
                    "critics": "algo.hidden, algo.conv_channels (the networks)", "optimizer": "algo.hidden, algo.conv_channels (the networks)"}
     def __init__(self, cfg: PPOConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)

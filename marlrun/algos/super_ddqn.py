@@ -99,7 +99,7 @@ class SuperDDQN(Algorithm):
     state_keys = ("seps", "q", "q_target", "optimizer", "heuristic", "generator", "pending_updates", "gradient_steps", "last_target_update",
                   "fragment", "replay")
 
-    memory_keys = {"replay": "algo.buffer_size (replay per agent)", "q": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "q_target": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "optimizer": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)"}
+    memory_keys = {"seps": "algo.seps.samples (the transitions selective sharing keeps per agent)", "replay": "algo.buffer_size (replay per agent)", "q": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "q_target": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "optimizer": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)"}
     def __init__(self, cfg: SuperDDQNConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
