@@ -1,5 +1,6 @@
 """Mistakes get one clear line on stderr, a non-zero exit and no traceback; nothing written is lost."""
 
+import dataclasses
 import json
 import os
 
@@ -143,7 +144,9 @@ def test_help_documents_every_key_of_the_chosen_algorithm(tmp_path, algo):
     assert helped.returncode == 0, helped.stderr
     keys = helped.stdout.split("== Keys ==")[1].split("== Config ==")[0]
     for k in schema_keys(ALGORITHMS[algo].config):  # each key with its meaning, as the schema's comment says it
-        assert f"algo.{k.key} (" in keys and k.doc in keys
+        nested = schema_keys(type(k.default)) if dataclasses.is_dataclass(k.default) else None  # a group of keys (algo.seps)
+        for key, doc in ([(f"{k.key}.{n.key}", n.doc) for n in nested] if nested else [(k.key, k.doc)]):
+            assert f"algo.{key} (" in keys and doc in keys
     assert "anneal_steps (int, default ${total_steps})" in keys or algo != "ippo"
 
 

@@ -10,14 +10,14 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import adjusted_rand_score
 
-from marlrun.algos.ppo import PPO
+from marlrun.algos.ppo import PPO, PPOConfig
 from marlrun.algos.seps import Groups, SePSConfig, TransitionStore, cluster_agents, sharing_mode
 from marlrun.algos.super_ddqn import SuperDDQN, SuperDDQNConfig
 from marlrun.build import make_env
 from marlrun.config import validate
 from marlrun.envs.blind_spread import BlindSpreadConfig, agent_types
 from marlrun.errors import UserError
-from tests.conftest import run_cli, run_dirs
+from conftest import run_cli, run_dirs
 
 CPU = torch.device("cpu")
 BPS = ["experiment=seps_blind_spread", "hardware=cpu", "progress=false", "print_config=false"]
@@ -149,7 +149,7 @@ def test_switch_to_clusters_keeps_every_output_and_adams_moments(compose_cfg):
 
 
 def test_super_ddqn_switch_keeps_q_and_each_cluster_learns_alone():
-    from tests.test_super_ddqn import random_step, spec
+    from test_super_ddqn import random_step, spec
 
     algo = SuperDDQN(SuperDDQNConfig(buffer_size=256, parameter_sharing="selective", learning_starts=0), spec(("p",) * 4), 2, CPU, seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -234,6 +234,15 @@ def test_selective_run_keeps_its_clusters_in_the_folder_and_eval_and_resume_use_
 def test_selective_is_refused_where_it_is_not_built(compose_cfg):
     with pytest.raises(UserError, match="selective sharing is built for ippo, mappo and super_ddqn"):
         validate(compose_cfg(["algo=qmix", "env=pursuit_small", "algo.parameter_sharing=selective"]))
+
+
+def test_a_run_too_short_to_cluster_is_refused_and_idle_seps_keys_are_named():
+    for cls, cfg in ((PPO, PPOConfig(parameter_sharing="selective")),
+                     (SuperDDQN, SuperDDQNConfig(parameter_sharing="selective"))):
+        with pytest.raises(UserError, match=r"algo.seps.pretraining_steps=50,000 >= total_steps=50,000: the agents would never be clustered"):
+            cls.check_run(cfg, 50_000, 1)
+    warnings = SuperDDQN.ineffective(SuperDDQNConfig(parameter_sharing="all", seps=SePSConfig(clusters=3)), None)
+    assert warnings == ["algo.seps.clusters=3 has no effect with algo.parameter_sharing=all (only with selective)"]
 
 
 # ---------------------------------------------------------------------------- blind-particle spread

@@ -36,7 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm, set_by_user
-from marlrun.algos.seps import Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, copy_into_sets, sharing_mode
+from marlrun.algos.seps import (Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, check_pretraining, copy_into_sets,
+                                seps_warnings, sharing_mode)
 from marlrun.algos.distributional import Mixture, energy_distance, equal_weights, gmac_head, sample_replacement_targets
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require
@@ -275,7 +276,7 @@ class PPO(Algorithm):
 
     @classmethod
     def ineffective(cls, cfg: PPOConfig, spec: EnvSpec) -> list[str]:
-        unused = []
+        unused = seps_warnings(cfg.parameter_sharing, cfg.seps)
         if cfg.conv_channels and len(spec.obs_shape) != 3:
             unused.append(f"algo.conv_channels={list(cfg.conv_channels)} has no effect: env={spec.name}'s observations are vectors, not images")
         keys = ("value_clip", "value_huber_delta") if cfg.critic_distribution == "gmac" else ("mixture_components", "gmac_samples", "gmac_lambda")
@@ -285,6 +286,7 @@ class PPO(Algorithm):
 
     @classmethod
     def check_run(cls, cfg: PPOConfig, total_steps: int, num_envs: int) -> None:
+        check_pretraining(cfg.parameter_sharing, cfg.seps, total_steps)
         per_update = cfg.rollout_steps * num_envs
         if per_update > total_steps:
             raise UserError(f"algo.rollout_steps={cfg.rollout_steps} x hardware.num_envs={num_envs} = {per_update:,} env steps per update, "

@@ -56,6 +56,22 @@ class SePSConfig:
         require(self.lr > 0, "algo.seps.lr", f"must be > 0, got {self.lr}")
 
 
+def seps_warnings(mode: str, seps: SePSConfig) -> list[str]:
+    """algo.seps.* keys set away from their defaults while sharing is not selective: they do nothing (warnings)."""
+    if mode == "selective":
+        return []
+    default = SePSConfig()
+    return [f"algo.seps.{key}={getattr(seps, key)} has no effect with algo.parameter_sharing={mode} (only with selective)"
+            for key in default.__dataclass_fields__ if getattr(seps, key) != getattr(default, key)]
+
+
+def check_pretraining(mode: str, seps: SePSConfig, total_steps: int) -> None:
+    """A UserError when selective sharing would never cluster the agents within the run."""
+    if mode == "selective" and seps.pretraining_steps >= total_steps:
+        raise UserError(f"algo.seps.pretraining_steps={seps.pretraining_steps:,} >= total_steps={total_steps:,}: the agents would never be "
+                        "clustered and the run would be parameter_sharing=all; lower algo.seps.pretraining_steps")
+
+
 def sharing_mode(value, allowed: tuple[str, ...] = SHARING) -> str:
     """``algo.parameter_sharing`` as one of ``allowed``; true and false (the key's old values) mean all and none."""
     text = str(value).strip().lower()

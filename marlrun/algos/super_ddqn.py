@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from marlrun.algos.base import Algorithm, linear_schedule
-from marlrun.algos.seps import Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, copy_into_sets, sharing_mode
+from marlrun.algos.seps import (Groups, SelectiveSharing, SePSConfig, TeamSharing, carry_optimizer, check_pretraining, copy_into_sets,
+                                seps_warnings, sharing_mode)
 from marlrun.algos.sharing import HEURISTICS, make_heuristic, shared_fraction
 from marlrun.envs.base import EnvSpec, VecStep
 from marlrun.errors import UserError, require, require_batch_fits
@@ -100,6 +101,14 @@ class SuperDDQN(Algorithm):
                   "fragment", "replay")
 
     memory_keys = {"seps": "algo.seps.samples (the transitions selective sharing keeps per agent)", "replay": "algo.buffer_size (replay per agent)", "q": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "q_target": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)", "optimizer": "the networks and their optimizer (algo.conv_channels, algo.hidden, algo.head_hidden)"}
+    @classmethod
+    def check_run(cls, cfg: SuperDDQNConfig, total_steps: int, num_envs: int) -> None:
+        check_pretraining(cfg.parameter_sharing, cfg.seps, total_steps)
+
+    @classmethod
+    def ineffective(cls, cfg: SuperDDQNConfig, spec: EnvSpec) -> list[str]:
+        return seps_warnings(cfg.parameter_sharing, cfg.seps)
+
     def __init__(self, cfg: SuperDDQNConfig, spec: EnvSpec, num_envs: int, device: torch.device, seed: int, precision: str = "fp32"):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents

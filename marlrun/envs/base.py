@@ -119,6 +119,22 @@ class VecEnv:
         pass
 
 
+class TensorVecEnv(VecEnv):
+    """A VecEnv whose copies are tensors stepped in the training process: ``step_async`` only keeps the actions
+    [E, A] (long), and ``step_wait`` takes them with ``take_actions()``."""
+
+    _actions: torch.Tensor | None = None
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        self._actions = actions.reshape(self.num_envs, self.n_agents).to(self.device).long()
+
+    def take_actions(self) -> torch.Tensor:
+        if self._actions is None:
+            raise RuntimeError("step_wait without step_async")
+        actions, self._actions = self._actions, None
+        return actions
+
+
 class Neighbours:
     """Who is whose neighbour in the current state, for mean-field algorithms.
 

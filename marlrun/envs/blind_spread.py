@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from marlrun.envs.base import EnvSpec, VecEnv, VecStep
+from marlrun.envs.base import EnvSpec, TensorVecEnv, VecStep
 from marlrun.errors import require
 from marlrun.render import WHITE, disc
 
@@ -76,7 +76,7 @@ def agent_types(cfg: BlindSpreadConfig) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(cfg.groups)), torch.tensor(list(cfg.groups)))
 
 
-class BlindSpreadVecEnv(VecEnv):
+class BlindSpreadVecEnv(TensorVecEnv):
     """``num_envs`` copies stepped as tensors on ``device``; one generator seeded from ``seed`` draws every start,
     re-seeded at each ``reset()`` (so every evaluation sees the same starts)."""
 
@@ -93,7 +93,6 @@ class BlindSpreadVecEnv(VecEnv):
         self.vel = torch.zeros(E, A, 2, device=self.device)
         self.landmarks = torch.zeros(E, L, 2, device=self.device)
         self.steps = torch.zeros(E, dtype=torch.long, device=self.device)
-        self._actions: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ state
     def _start(self, ids: torch.Tensor) -> None:
@@ -126,13 +125,8 @@ class BlindSpreadVecEnv(VecEnv):
         self._start(torch.arange(self.num_envs, device=self.device))
         return self.observe()
 
-    def step_async(self, actions: torch.Tensor) -> None:
-        self._actions = actions.reshape(self.num_envs, self.n_agents).to(self.device).long()
-
     def step_wait(self) -> VecStep:
-        if self._actions is None:
-            raise RuntimeError("step_wait without step_async")
-        actions, self._actions = self._actions, None
+        actions = self.take_actions()
         self.pos = self.pos + self.vel * DT
         self.vel = self.vel * (1.0 - DAMPING) + self.moves[actions] * DT
         self.steps += 1

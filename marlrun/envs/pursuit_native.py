@@ -46,7 +46,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from marlrun.envs.base import EnvSpec, VecEnv, VecStep
+from marlrun.envs.base import EnvSpec, TensorVecEnv, VecStep
 from marlrun.render import BLUE, FLOOR, GRID_LINE, RED, WALL, WHITE, cells, fill, label_cell
 
 # DiscreteAgent.motion_range: action -> (dx, dy)
@@ -435,7 +435,7 @@ def pettingzoo_state(env) -> dict[str, np.ndarray]:
     return dict(pursuer_pos=pursuers, evader_pos=evaders, evader_active=active, frames=int(base.frames))
 
 
-class PursuitNativeVecEnv(VecEnv):
+class PursuitNativeVecEnv(TensorVecEnv):
     """``num_envs`` pursuit_v5 games as one batched environment, simulated natively in torch on ``device``.
 
     Same interface as ``PettingZooVecEnv``; one generator seeded from ``seed`` drives every copy (copies draw
@@ -450,7 +450,6 @@ class PursuitNativeVecEnv(VecEnv):
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
         self.sim_seed = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])  # well-mixed, and not copy_seed's
         self.sim = PursuitNative(num_envs, device=self.device, seed=self.sim_seed, **cfg.library_kwargs())
-        self._actions: torch.Tensor | None = None
         self._closed = False
 
     def reset(self) -> torch.Tensor:
@@ -460,13 +459,8 @@ class PursuitNativeVecEnv(VecEnv):
         self.sim.reset()
         return self.sim.observe()
 
-    def step_async(self, actions: torch.Tensor) -> None:
-        self._actions = actions.reshape(self.num_envs, self.n_agents).to(self.device).long()
-
     def step_wait(self) -> VecStep:
-        if self._actions is None:
-            raise RuntimeError("step_wait without step_async")
-        actions, self._actions = self._actions, None
+        actions = self.take_actions()
         next_obs, reward, terminated, truncated = self.sim.step(actions)
         next_state = self.sim.global_state() if self.provide_state else None  # before the ended games reset
         done = terminated[:, 0] | truncated[:, 0]
