@@ -18,7 +18,7 @@ from pathlib import Path
 
 from marlrun.sweep import FINISHED, job_outcomes, time_left
 
-KEPT = ("metrics.jsonl", "summary.json", ".hydra")
+KEPT = ("metrics.jsonl", "summary.json", ".hydra", "seps_clusters.json")  # the last: selective sharing's clustering, where a run has one
 
 
 def folder_name(job: dict) -> str:
