@@ -8,6 +8,11 @@ names=(--label "algo.parameter_sharing=none=IPPO, none shared" --label "algo.par
        --label "algo.parameter_sharing=selective=IPPO, SePS")
 compare=(--compare SePS "all shared" --compare SePS "none shared" --compare "none shared" "all shared")
 marlrun report bps1 --ignore hardware --out report_bps1 $metrics "${names[@]}" "${compare[@]}"
+if [ -d mappo_bps1 ]; then
+    marlrun report mappo_bps1 --ignore hardware --out report_mappo_bps1 $metrics \
+        --label "algo.parameter_sharing=none=MAPPO, none shared" --label "algo.parameter_sharing=all=MAPPO, all shared" \
+        --label "algo.parameter_sharing=selective=MAPPO, SePS" "${compare[@]}"
+fi
 if [ -d bps4 ]; then
     marlrun report bps4 --ignore hardware --ignore total_steps --out report_bps4 $metrics "${names[@]}" "${compare[@]}"
 fi
