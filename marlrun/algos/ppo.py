@@ -399,7 +399,8 @@ class PPO(Algorithm):
             new[2].copy_(old[2].expand_as(new[2]))
         self.actors[k], self.critics[k], self.log_stds[k] = new
         pairs = list(zip(old[0].parameters(), new[0].parameters())) + list(zip(old[1].parameters(), new[1].parameters())) + [(old[2], new[2])]
-        unchanged = [p for p in self.nets.parameters() if all(p is not q for _, q in pairs)]
+        replaced = {id(q) for _, q in pairs}
+        unchanged = [p for p in self.nets.parameters() if id(p) not in replaced]
         optimizer = self.make_optimizer(self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[1]["lr"])
         carry_optimizer(self.optimizer, optimizer, pairs + [(p, p) for p in unchanged])
         self.optimizer = optimizer
@@ -415,7 +416,7 @@ class PPO(Algorithm):
             names = [self.spec.agent_names[a] for a in team.agents.tolist()]
             self.use_clusters(team.name, part.cluster(seed, env_steps, names))
             metrics.update(part.metrics(team.name if len(self.learners) > 1 else None))
-            self.pending_files["seps_clusters.json"] = {name: p.record for name, p in self.seps.items() if p.record}
+            self.pending_files["seps_clusters.json"] = self.seps.records()
         return metrics
 
     def load_state_dict(self, state: dict, generators: bool = True) -> None:
@@ -551,6 +552,8 @@ class PPO(Algorithm):
             # every per-sample tensor as [S, N, ...]: the layout of the team's weight sets
             flat = lambda x: team.to_sets(x.reshape(T * E, team.n, *x.shape[3:]))  # noqa: E731
             alive = pick("alive").float()
+            padding = team.groups.sample_mask(T * E)  # selective sharing: a cluster's empty slots learn nothing
+            alive_sets = flat(alive) if padding is None else flat(alive) * padding
             if self.distributional:  # V(s) and V(s') as mixtures in the returns' units; the advantages use their means
                 value_mix, next_mix = self.value_mixture(k, value_old), self.value_mixture(k, next_out)
                 value, next_value = to_tn(value_mix.mean()), to_tn(next_mix.mean())
@@ -564,7 +567,7 @@ class PPO(Algorithm):
                 norm.update(target_mu.mean(-1)[alive.bool()])
                 shift, scale = norm.stats()
                 targets = {"target_mu": flat((target_mu - shift) / scale), "target_sigma": flat(target_sigma / scale)}
-                living_values = flat(alive).bool() if team.groups.sample_mask(T * E) is None else (flat(alive) * team.groups.sample_mask(T * E)).bool()
+                living_values = alive_sets.bool()
                 metrics.setdefault("train/value_mean", []).append(value_mix.mean()[living_values].mean())
                 metrics.setdefault("train/value_std", []).append(value_mix.std()[living_values].mean())
                 metrics.setdefault("train/target_std", []).append(flat(equal_weights(target_mu, target_sigma).std())[living_values].mean())
@@ -574,9 +577,8 @@ class PPO(Algorithm):
                 targets = {"target": flat(norm.normalize(returns)), "value_old": value_old}
             living = advantage[alive.bool()]
             advantage = (advantage - living.mean()) / (living.std() + 1e-8) * alive
-            padding = team.groups.sample_mask(T * E)  # selective sharing: a cluster's empty slots learn nothing
             samples = {
-                "advantage": flat(advantage), "alive": flat(alive) if padding is None else flat(alive) * padding, **targets,
+                "advantage": flat(advantage), "alive": alive_sets, **targets,
                 "raw": self.sets_from_steps(team, raw), "logp_old": self.sets_from_steps(team, logp_old),
             }
             own_sets = team.to_sets(own)

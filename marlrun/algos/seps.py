@@ -389,6 +389,10 @@ class TeamSharing(dict):
         for name, part in state.items():
             self[name].load_state_dict(part)
 
+    def records(self) -> dict[str, dict]:
+        """What the run folder keeps of every team clustered so far (``seps_clusters.json``)."""
+        return {name: part.record for name, part in self.items() if part.record}
+
     def clustered(self, state: dict) -> dict[str, torch.Tensor]:
         """Of a saved state, the assignment of each team that had been clustered."""
         return {name: part["assignment"] for name, part in state.items() if part["assignment"] is not None}

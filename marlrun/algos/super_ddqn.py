@@ -264,7 +264,7 @@ class SuperDDQN(Algorithm):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=self.device))
             self.use_clusters(part.cluster(seed, env_steps, list(self.spec.agent_names)))
             metrics = {**metrics, **part.metrics(None)}
-            self.pending_files["seps_clusters.json"] = {name: p.record for name, p in self.seps.items()}
+            self.pending_files["seps_clusters.json"] = self.seps.records()
         return metrics
 
     def gradient_step(self) -> dict[str, torch.Tensor]:
