@@ -19,6 +19,7 @@ import re
 import io
 import math
 import tokenize
+import typing
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -133,7 +134,17 @@ def register_configs() -> None:
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
     for group, entries in (("algo", ALGORITHMS), ("env", ENVIRONMENTS)):
         for name, e in entries.items():
-            cs.store(group=f"schema/{group}", name=name, node=e.config)
+            cs.store(group=f"schema/{group}", name=name, node=open_mappings(e.config))
+
+
+def open_mappings(schema: type) -> DictConfig:
+    """The schema as a config whose free-form mappings (fields typed ``dict``, such as a library's keyword arguments)
+    take new keys from the command line (``env.kwargs={N: 3}``), which Hydra's struct mode otherwise refuses."""
+    node = OmegaConf.structured(schema)
+    for f in dataclasses.fields(schema):
+        if typing.get_origin(f.type) is dict or f.type is dict or str(f.type).startswith("dict["):
+            OmegaConf.set_struct(node._get_node(f.name), False)
+    return node
 
 
 def _one_line(exc: BaseException, cfg: DictConfig | None = None) -> str:

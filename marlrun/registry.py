@@ -20,8 +20,10 @@ from marlrun.envs.base import EnvSpec
 from marlrun.envs.blind_spread import BlindSpreadConfig, blind_spread_spec, make_blind_spread
 from marlrun.envs.battle import BattleConfig, battle_spec, make_battle
 from marlrun.envs.ising import IsingConfig, ising_spec, make_ising
+from marlrun.envs.pettingzoo import PettingZooConfig, make_pettingzoo, pettingzoo_spec
 from marlrun.envs.pursuit import PursuitConfig, make_pursuit, pursuit_env_spec
 from marlrun.envs.simple_adversary import SimpleAdversaryConfig, make_simple_adversary, simple_adversary_spec
+from marlrun.envs.vmas import VmasConfig, make_vmas, vmas_spec
 from marlrun.errors import UserError
 
 
@@ -52,6 +54,8 @@ ENVIRONMENTS: dict[str, EnvironmentEntry] = {
     "ising": EnvironmentEntry(IsingConfig, make_ising, ising_spec),
     "battle": EnvironmentEntry(BattleConfig, make_battle, battle_spec),
     "blind_spread": EnvironmentEntry(BlindSpreadConfig, make_blind_spread, blind_spread_spec),
+    "pettingzoo": EnvironmentEntry(PettingZooConfig, make_pettingzoo, pettingzoo_spec),
+    "vmas": EnvironmentEntry(VmasConfig, make_vmas, vmas_spec),
 }
 
 KINDS = {"algo": ALGORITHMS, "env": ENVIRONMENTS}

@@ -146,9 +146,9 @@ class QMIX(Algorithm):
         super().__init__(cfg, spec, num_envs, device, seed, precision)
         self.n_agents = A = spec.n_agents
 
-        # agents: one weight set each, or one shared set that sees the agent's id as A extra input planes
-        h, w, c = spec.obs_shape
-        in_shape = (h, w, c + A) if cfg.parameter_sharing == "all" else spec.obs_shape
+        # agents: one weight set each, or one shared set that sees the agent's id (A extra input planes of an image, A
+        # extra numbers of a vector)
+        in_shape = (*spec.obs_shape[:-1], spec.obs_shape[-1] + A) if cfg.parameter_sharing == "all" else spec.obs_shape
         net_args = (1 if cfg.parameter_sharing == "all" else A, in_shape, spec.n_actions, list(cfg.conv_channels), cfg.conv_kernel, cfg.hidden, cfg.head_hidden)
         self.agents = DuelingQNetwork(*net_args).to(device)
         self.target_agents = DuelingQNetwork(*net_args).to(device)
@@ -174,11 +174,12 @@ class QMIX(Algorithm):
 
     # ------------------------------------------------------------------ networks
     def agent_q(self, net: DuelingQNetwork, obs: torch.Tensor) -> torch.Tensor:
-        """obs [B, A, H, W, C] -> every agent's Q values [B, A, n_actions] (fp32)."""
+        """obs [B, A, *obs_shape] (an image H, W, C or a vector F) -> every agent's Q values [B, A, n_actions] (fp32)."""
         B, A = obs.shape[:2]
         if self.cfg.parameter_sharing == "all":
-            ids = self.agent_id.view(1, A, 1, 1, A).expand(B, A, *obs.shape[2:4], A)
-            q = net(torch.cat([obs, ids], -1).reshape(1, B * A, *obs.shape[2:4], -1))
+            middle = obs.shape[2:-1]  # (H, W) of an image, () of a vector
+            ids = self.agent_id.view(1, A, *(1,) * len(middle), A).expand(B, A, *middle, A)
+            q = net(torch.cat([obs, ids], -1).reshape(1, B * A, *middle, -1))
             return q.view(B, A, -1)
         return net(obs.transpose(0, 1)).transpose(0, 1)
 

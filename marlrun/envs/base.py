@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -44,6 +45,12 @@ class EnvSpec:
     @property
     def team_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.teams))
+
+
+def team_of(agent: str) -> str:
+    """An agent's team from its name: up to its last ``_<number>`` (``adversary_0`` -> ``adversary``), else the name."""
+    match = re.fullmatch(r"(.+?)_?\d+", agent)
+    return match.group(1) if match else agent
 
 
 class VecStep(NamedTuple):

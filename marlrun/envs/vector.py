@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from pettingzoo.utils.env import ParallelEnv
 from supersuit.vector import ConcatVecEnv, MarkovVectorEnv, ProcConcatVec
+from supersuit.vector.multiproc_vec import decompress_info
 
 from marlrun.envs.base import EnvSpec, VecEnv, VecStep
 from marlrun.errors import UserError
@@ -124,7 +125,8 @@ class _CopyFactory:
         self.make_env, self.seed = make_env, seed
 
     def __call__(self) -> MarkovVectorEnv:
-        return MarkovVectorEnv(_SeededCopy(self.make_env(), self.seed))
+        # black_death: an agent gone from the episode gets zero observations and rewards until the copy resets
+        return MarkovVectorEnv(_SeededCopy(self.make_env(), self.seed), black_death=True)
 
 
 class _Group:
@@ -136,7 +138,13 @@ class _Group:
 
 
 class PettingZooVecEnv(VecEnv):
-    """``num_envs`` copies of a homogeneous PettingZoo ParallelEnv as one batched environment."""
+    """``num_envs`` copies of a PettingZoo ParallelEnv as one batched environment (every agent's spaces made the same
+    by ``make_env``'s wrappers).
+
+    Where ``spec.agents_can_die``, an agent that terminated or was truncated is not ``alive`` in the copy's later steps
+    (it is gone from the library's ``agents``) until the copy resets. Where the spec has a global state, ``make_env``'s
+    copies put it in the first agent's infos (``marlrun_state`` after a step, ``marlrun_reset_state`` after a reset).
+    """
 
     def __init__(self, make_env: Callable[[], ParallelEnv], spec: EnvSpec, num_envs: int, num_workers: int, seed: int, device: torch.device | str = "cpu"):
         self.spec, self.num_envs, self.device = spec, num_envs, torch.device(device)
@@ -160,13 +168,37 @@ class PettingZooVecEnv(VecEnv):
                     signal.signal(sig, handler)
             probe.close()
         self._closed = False
+        self._gone = np.zeros((num_envs, self.n_agents), dtype=bool)  # agents that left their copy's episode
+        self._state: torch.Tensor | None = None  # [E, *state_shape], where the spec has a state
+
+    def _obs_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.spec.obs_storage_dtype == torch.uint8 else torch.float32
+
+    def _read_state(self, infos: list, key: str, fallback: torch.Tensor | None = None, where: np.ndarray | None = None) -> torch.Tensor:
+        """[E, *state_shape] from the first agent's infos of each copy (``where``: only those copies, the rest from ``fallback``)."""
+        rows = []
+        for e in range(self.num_envs):
+            info = infos[e * self.n_agents]
+            if (where is None or where[e]) and key in info:
+                rows.append(torch.as_tensor(info[key]))
+            else:
+                rows.append(fallback[e].cpu())
+        return torch.stack(rows).to(self.device)
 
     def _tensor(self, array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).reshape(self.num_envs, self.n_agents, *np.shape(array)[1:]).to(self.device)
 
     def reset(self) -> torch.Tensor:
-        obs, _ = self._vec.reset(seed=0)  # each copy substitutes its own seed
-        return self._tensor(obs)
+        obs, infos = self._vec.reset(seed=0)  # each copy substitutes its own seed
+        if self.worker_processes:  # SuperSuit's ProcConcatVec returns reset infos as its workers packed them
+            infos = decompress_info(self.num_envs * self.n_agents, self._vec.idx_starts, infos)
+        self._gone[:] = False
+        if "state" in self.spec.capabilities:
+            self._state = self._read_state(infos, "marlrun_reset_state")
+        return self._tensor(obs, self._obs_dtype()).float()
+
+    def context(self) -> dict:
+        return {"state": self._state} if self.provide_state and self._state is not None else {}
 
     def step_async(self, actions: torch.Tensor) -> None:
         # discrete: [E, A] -> [E * A]; continuous: [E, A, K] -> [E * A, K]
@@ -177,22 +209,38 @@ class PettingZooVecEnv(VecEnv):
             obs, rew, term, trunc, infos = self._vec.step_wait()
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
             raise EnvWorkerDied(f"an environment worker process of {self.spec.name} died ({type(exc).__name__})") from None
-        done = (term | trunc).reshape(self.num_envs, self.n_agents).all(axis=1)
+        ended = (term | trunc).reshape(self.num_envs, self.n_agents).astype(bool)
+        alive = ~self._gone
+        # a copy resets when every agent still in it is done (SuperSuit's rule, with gone agents counted as done)
+        done = (ended | self._gone).all(axis=1)
+        left = ended & ~done[:, None]
+        if left.any() and not self.spec.agents_can_die:
+            e, a = map(int, np.argwhere(left)[0])
+            raise UserError(f"env {self.spec.name}: agent {self.spec.agent_names[a]} left its episode before the others; "
+                            "declare it with env.agents_can_leave=true (algorithms that need every agent all episode are then refused)")
+        self._gone |= ended
+        self._gone[done] = False
         next_obs = np.array(obs, copy=True)
         for e in np.flatnonzero(done):
             for a in range(self.n_agents):
                 k = e * self.n_agents + a
-                next_obs[k] = infos[k]["terminal_observation"]
-        next_obs = self._tensor(next_obs)
+                next_obs[k] = infos[k].get("terminal_observation", 0)  # an agent gone earlier: zeros
+        dtype = self._obs_dtype()
+        next_obs = self._tensor(next_obs, dtype).float()
+        next_state = None
+        if "state" in self.spec.capabilities:
+            next_state = self._read_state(infos, "marlrun_state", self._state)
+            self._state = self._read_state(infos, "marlrun_reset_state", next_state, done) if done.any() else next_state
         return VecStep(
-            obs=self._tensor(obs),
+            obs=self._tensor(obs, dtype).float(),
             next_obs=next_obs,
             reward=self._tensor(rew),
             terminated=self._tensor(term, torch.bool),
             truncated=self._tensor(trunc, torch.bool),
-            alive=torch.ones(self.num_envs, self.n_agents, dtype=torch.bool, device=self.device),
+            alive=torch.as_tensor(alive, device=self.device),
             episode_end=torch.as_tensor(done, device=self.device),
             episode_info=self.episode_metrics(next_obs) if done.any() else {},
+            next_state=next_state if self.provide_state else None,
         )
 
     def unwrapped_copy(self, index: int = 0):
