@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 from rich.console import Console
@@ -49,6 +50,10 @@ from marlrun.metrics import read_metrics
 from marlrun.runner import train
 
 RESULT = "BENCH_RESULT "  # prefix of the line a child process reports its figures on
+
+SIMPLE_SPREAD = ["env=pettingzoo", "env.id=mpe2.simple_spread_v3", "env.kwargs={N: 3, max_cycles: 25}"]
+NAVIGATION = ["env=vmas", "env.scenario=navigation", "env.kwargs={n_agents: 3}"]
+LIBRARY_CASES = {"simple_spread-library-raw": ("mpe2.simple_spread_v3", {"N": 3, "max_cycles": 25})}  # the library alone, no marlrun
 
 CASES = {  # name: (overrides, default env steps of training to measure (0: raw only), env steps per log record)
     "pursuit-pettingzoo-raw": (["env=pursuit", "env.backend=pettingzoo", "hardware.num_envs=1", "hardware.env_workers=0"], 0, 0),
@@ -71,6 +76,15 @@ CASES = {  # name: (overrides, default env steps of training to measure (0: raw 
     "mfq-battle": (["experiment=mfq_battle"], 2000, 500),
     "mfq-battle-fp32": (["experiment=mfq_battle", "hardware.precision=fp32"], 2000, 500),
     "mfq-ising-256": (["experiment=mfq_ising", "env.L=256", "hardware.num_envs=16", "algo.learning_starts=0"], 64, 16),
+    # the generic PettingZoo adapter on simple_spread (beside the library stepped by hand: simple_spread-library-raw)
+    "simple_spread-pettingzoo-raw": ([*SIMPLE_SPREAD, "hardware.num_envs=1", "hardware.env_workers=0"], 0, 0),
+    "simple_spread-pettingzoo-32-raw": ([*SIMPLE_SPREAD, "hardware.num_envs=32", "hardware.env_workers=0"], 0, 0),
+    "mappo-simple_spread": (["experiment=mappo_simple_spread"], 16000, 4000),
+    # VMAS stepping its copies as tensors on the training device
+    "vmas-navigation-1-raw": ([*NAVIGATION, "hardware.num_envs=1"], 0, 0),
+    "vmas-navigation-64-raw": ([*NAVIGATION, "hardware.num_envs=64"], 0, 0),
+    "vmas-navigation-1024-raw": ([*NAVIGATION, "hardware.num_envs=1024"], 0, 0),
+    "mappo-vmas-navigation": (["experiment=mappo_navigation"], 16000, 3200),
 }
 LEARNER_CASES = {"super_ddqn-update": ["algo=super_ddqn", "env=pursuit"]}  # the paper's network, batch 32 per agent
 
@@ -130,10 +144,35 @@ def train_throughput(overrides: list[str], learning_starts: int, train_steps: in
             sum(r["perf/updates_per_sec"] for r in records) / len(records))
 
 
+def library_throughput(env_id: str, kwargs: dict, seconds: float) -> float:
+    """Env steps per second of a PettingZoo parallel environment stepped by hand with random actions (dicts in, dicts
+    out, a reset when every agent is done): what the adapter is measured against."""
+    import importlib
+
+    env = importlib.import_module(env_id).parallel_env(**kwargs)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    spaces = {a: env.action_space(a) for a in env.possible_agents}
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        _, _, terms, truncs, _ = env.step({a: int(rng.integers(spaces[a].n)) for a in env.agents})
+        if all(terms[a] or truncs[a] for a in terms):
+            env.reset()
+        steps += 1
+    return steps / (time.perf_counter() - start)
+
+
 def measure_case(name: str, extra: list[str], seconds: float, train_steps: int | None) -> dict:
     """Every figure of one case, measured in this process."""
     if name in LEARNER_CASES:
         return measure_learner(name, extra)
+    if name in LIBRARY_CASES:
+        env_id, kwargs = LIBRARY_CASES[name]
+        raw = library_throughput(env_id, kwargs, seconds)
+        return {"case": name, "overrides": [], "algo": None, "env": env_id, "agents": kwargs.get("N"), "num_envs": 1, "env_workers": 0,
+                "device": "cpu", "precision": "-", "torch_threads": torch.get_num_threads(), "raw_env_steps_per_sec": round(raw, 1),
+                "raw_agent_steps_per_sec": round(raw * kwargs.get("N", 1), 1),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     case_overrides, default_steps, log = CASES[name]
     overrides = [*case_overrides, *extra]
     built = build_run(compose_config(overrides), with_algo=bool(default_steps))  # as `marlrun train` builds it
@@ -296,7 +335,7 @@ def print_table(results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="marlrun bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every case, as for `marlrun train`")
-    parser.add_argument("--case", action="append", help=f"cases to run (repeatable; default: all): {', '.join([*LEARNER_CASES, *CASES])}")
+    parser.add_argument("--case", action="append", help=f"cases to run (repeatable; default: all): {', '.join([*LEARNER_CASES, *LIBRARY_CASES, *CASES])}")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to step each raw environment and each acting policy")
     parser.add_argument("--train-steps", type=int, default=None, help="env steps of training measured after learning starts")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench.json"), help="where to write the figures")
@@ -307,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(RESULT + json.dumps(measure_case(args.child, args.overrides, args.seconds, args.train_steps)), flush=True)
         return 0
-    known = [*LEARNER_CASES, *CASES]
+    known = [*LEARNER_CASES, *LIBRARY_CASES, *CASES]
     unknown = [name for name in args.case or [] if name not in known]
     if unknown:
         raise UserError(f"unknown bench case {', '.join(unknown)}; pick from {', '.join(known)}")

@@ -192,7 +192,7 @@ def test_the_spec_says_which_algorithms_fit():
     ("byo_envs:NOT_CALLABLE", {}, r"NOT_CALLABLE in byo_envs is a int, not a function"),
     ("byo_envs:dict_observations", {}, r"agent scout_0's observation space is Dict, which marlrun cannot take; .*Box observations"),
     ("byo_envs:multidiscrete_actions", {}, r"action space is MultiDiscrete, which marlrun cannot take \(MultiDiscrete: one Discrete"),
-    ("mpe2.simple_spread_v3", {"no_such_argument": 1}, r"env.kwargs: mpe2.simple_spread_v3 did not take them"),
+    ("mpe2.simple_spread_v3", {"no_such_argument": 1}, r"env.kwargs: building mpe2.simple_spread_v3 with \{'no_such_argument': 1\} failed \(TypeError: "),
 ])
 def test_what_cannot_work_is_one_line(env_id, kwargs, message):
     with pytest.raises(UserError, match=message) as caught:
@@ -220,8 +220,8 @@ def test_frames_come_from_the_environments_own_render():
 # ---------------------------------------------------------------------------- VMAS
 def test_vmas_adapter_steps_as_vmas_does():
     """Balance with random forces: some copies drop the package (terminated) and reset on their own, the others run to
-    the time limit. VMAS keeps one random state for all its environments, so the adapter's run is recorded first and
-    then replayed into VMAS's own environment, built with the same seed, resetting as VMAS's API does."""
+    the time limit. The adapter's run is recorded, then replayed into VMAS's own environment, built and reset with the
+    same seed, resetting ended copies as VMAS's API does."""
     import vmas
 
     E, seed = 16, 3
@@ -233,7 +233,7 @@ def test_vmas_adapter_steps_as_vmas_does():
         actions = torch.rand(E, 3, 2, generator=g) * 2 - 1
         record.append((actions, env.step(actions)))
     raw = vmas.make_env("balance", num_envs=E, seed=vmas_seed(seed), max_steps=40, terminated_truncated=True, n_agents=3)
-    assert torch.equal(first, torch.stack(raw.reset(), dim=1))
+    assert torch.equal(first, torch.stack(raw.reset(seed=vmas_seed(seed)), dim=1))
     partial = full = 0
     for actions, step in record:
         obs, rewards, terminated, truncated, _ = raw.step([actions[:, i] for i in range(3)])
@@ -252,14 +252,21 @@ def test_vmas_adapter_steps_as_vmas_does():
     assert partial >= 2  # copies ended at different steps and were reset alone
 
 
-def test_vmas_draws_do_not_move_torchs_generator():
+def test_vmas_draws_do_not_move_torchs_generator_nor_each_others():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    env = make_vmas(VmasConfig(scenario="navigation"), 4, 0, 0)
-    env.reset()
-    env.step(torch.zeros(4, 4, 2))
+    cfg = VmasConfig(scenario="navigation", max_steps=3)
+    alone = make_vmas(cfg, 4, 0, 0)
+    starts = [alone.reset()] + [alone.step(torch.zeros(4, 4, 2)).obs for _ in range(6)]  # two resets on the way
     assert torch.equal(torch.rand(3), expected)
+    beside, other = make_vmas(cfg, 4, 0, 0), make_vmas(cfg, 4, 0, 1)
+    seen = [beside.reset()]
+    for _ in range(6):
+        other.reset(), other.step(torch.zeros(4, 4, 2))  # another environment drawing in between
+        seen.append(beside.step(torch.zeros(4, 4, 2)).obs)
+    assert all(torch.equal(a, b) for a, b in zip(starts, seen))
+    assert torch.equal(beside.reset(), starts[0])  # every reset() starts the same episodes (evaluations compare)
 
 
 def test_vmas_specs_and_discrete_actions():

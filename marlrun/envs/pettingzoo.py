@@ -106,7 +106,8 @@ def build(env_id: str, kwargs: dict) -> ParallelEnv:
     try:
         env = make(**kwargs)
     except TypeError as exc:
-        raise UserError(f"env.kwargs: {env_id} did not take them ({_first_line(exc)}); give only keyword arguments its constructor has") from None
+        raise UserError(f"env.kwargs: building {env_id} with {kwargs} failed (TypeError: {_first_line(exc)}); give only keyword arguments "
+                        "its constructor has, of the types it expects") from None
     except (ValueError, AssertionError, KeyError) as exc:
         raise UserError(f"env.kwargs: {env_id} refused them ({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(env, AECEnv):
@@ -270,6 +271,8 @@ class Adapted(ParallelWrapper):
             self._act_space = gymnasium.spaces.Box(*layout.action_bounds, (layout.n_actions,), np.float32)
         self.index = {a: i for i, a in enumerate(layout.agents)}
         self.first = layout.agents[0]
+        # computed every step where the layout has a state, unless the training process says no one reads it (it can
+        # for copies stepped in it; worker processes' copies always send it)
         self.state = layout.state_shape is not None
 
     def _obs(self, observations: dict) -> dict:
@@ -331,7 +334,19 @@ class PettingZooFactory:
 
 class AnyPettingZooVecEnv(PettingZooVecEnv):
     """The copies; drawn by the environment's own ``render()``, where it was built with ``render_mode: rgb_array`` in
-    ``env.kwargs`` (never added by marlrun: some libraries observe differently when they render, e.g. cooperative pong)."""
+    ``env.kwargs`` (never added by marlrun: some libraries observe differently when they render, e.g. cooperative pong).
+    Copies stepped in this process compute the global state only while an algorithm reads it (``provide_state``)."""
+
+    @property
+    def provide_state(self) -> bool:
+        return getattr(self, "_provide_state", False)
+
+    @provide_state.setter
+    def provide_state(self, value: bool) -> None:
+        self._provide_state = value
+        if not self.worker_processes and "state" in self.spec.capabilities:
+            for copy in self._vec.vec_envs:  # SuperSuit's MarkovVectorEnv -> marlrun's seeded copy -> Adapted
+                copy.par_env.env.state = value
 
     def frame(self, index: int = 0) -> np.ndarray:
         env = self.unwrapped_copy(index)

@@ -171,6 +171,9 @@ class PettingZooVecEnv(VecEnv):
         self._gone = np.zeros((num_envs, self.n_agents), dtype=bool)  # agents that left their copy's episode
         self._state: torch.Tensor | None = None  # [E, *state_shape], where the spec has a state
 
+    def _reads_state(self) -> bool:
+        return self.provide_state and "state" in self.spec.capabilities
+
     def _obs_dtype(self) -> torch.dtype:
         return torch.uint8 if self.spec.obs_storage_dtype == torch.uint8 else torch.float32
 
@@ -193,12 +196,12 @@ class PettingZooVecEnv(VecEnv):
         if self.worker_processes:  # SuperSuit's ProcConcatVec returns reset infos as its workers packed them
             infos = decompress_info(self.num_envs * self.n_agents, self._vec.idx_starts, infos)
         self._gone[:] = False
-        if "state" in self.spec.capabilities:
+        if self._reads_state():
             self._state = self._read_state(infos, "marlrun_reset_state")
         return self._tensor(obs, self._obs_dtype()).float()
 
     def context(self) -> dict:
-        return {"state": self._state} if self.provide_state and self._state is not None else {}
+        return {"state": self._state} if self._reads_state() and self._state is not None else {}
 
     def step_async(self, actions: torch.Tensor) -> None:
         # discrete: [E, A] -> [E * A]; continuous: [E, A, K] -> [E * A, K]
@@ -228,7 +231,7 @@ class PettingZooVecEnv(VecEnv):
         dtype = self._obs_dtype()
         next_obs = self._tensor(next_obs, dtype).float()
         next_state = None
-        if "state" in self.spec.capabilities:
+        if self._reads_state():
             next_state = self._read_state(infos, "marlrun_state", self._state)
             self._state = self._read_state(infos, "marlrun_reset_state", next_state, done) if done.any() else next_state
         return VecStep(
@@ -240,7 +243,7 @@ class PettingZooVecEnv(VecEnv):
             alive=torch.as_tensor(alive, device=self.device),
             episode_end=torch.as_tensor(done, device=self.device),
             episode_info=self.episode_metrics(next_obs) if done.any() else {},
-            next_state=next_state if self.provide_state else None,
+            next_state=next_state,
         )
 
     def unwrapped_copy(self, index: int = 0):

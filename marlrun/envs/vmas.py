@@ -6,8 +6,10 @@ observation is a vector (zero-padded at the end to the largest agent's, as Petti
 scenario offers for ``continuous_actions``: Box (forces, in each agent's ``u_range``; mapped from [-1, 1] where the
 bounds differ between components or agents) or Discrete. A copy's episode ends when the scenario says it is done
 (``terminated``: no bootstrap) or after ``max_steps`` (``truncated``); ended copies are reset in place (all at once
-when they all end together). VMAS keeps its own random state, seeded from the run's seed, so its draws do not move
-torch's global generator. Teams come from agent names as for PettingZoo (``agent_0`` -> ``agent``), or ``env.teams``.
+when they all end together). VMAS draws from a random state of its own, apart from torch's global generator; it is
+one state for every VMAS environment of a process, so each adapter here keeps its own copy of it and swaps it in
+around each call (training's copies and evaluation's draw apart). ``reset()`` re-seeds it, so that every evaluation
+sees the same starts. Teams come from agent names as for PettingZoo (``agent_0`` -> ``agent``), or ``env.teams``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,11 +173,28 @@ class VmasVecEnv(VecEnv):
         self.cfg, self.spec = cfg, vmas_spec(cfg)
         self.layout = describe(cfg)
         self.num_envs, self.n_agents, self.device = num_envs, self.spec.n_agents, torch.device(device)
-        self.env = make_vmas_env(cfg, num_envs, self.device, vmas_seed(seed))
+        self.seed = vmas_seed(seed)
+        from vmas.simulator.environment.environment import Environment
+
+        self._shared = Environment.vmas_random_state  # [torch, numpy, python] states, read by every VMAS call
+        self._own = list(self._shared)
+        with self.own_random_state():
+            self.env = make_vmas_env(cfg, num_envs, self.device, self.seed)
         self._actions: torch.Tensor | None = None
         if self.layout.action_low is not None:
             self.low = torch.tensor(self.layout.action_low, dtype=torch.float32, device=self.device)  # [A, K]
             self.high = torch.tensor(self.layout.action_high, dtype=torch.float32, device=self.device)
+
+    @contextmanager
+    def own_random_state(self):
+        """VMAS's random state set to this adapter's own for the calls inside."""
+        saved = list(self._shared)
+        self._shared[:] = self._own
+        try:
+            yield
+        finally:
+            self._own = list(self._shared)
+            self._shared[:] = saved
 
     def _obs(self, observations: list[torch.Tensor]) -> torch.Tensor:
         """[E, A, F] from VMAS's per-agent [E, F_i] (zero-padded to F)."""
@@ -186,7 +206,8 @@ class VmasVecEnv(VecEnv):
         return out
 
     def reset(self) -> torch.Tensor:
-        return self._obs(self.env.reset())
+        with self.own_random_state():
+            return self._obs(self.env.reset(seed=self.seed))
 
     def step_async(self, actions: torch.Tensor) -> None:
         self._actions = actions.to(self.device)
@@ -204,7 +225,11 @@ class VmasVecEnv(VecEnv):
         if self._actions is None:
             raise RuntimeError("step_wait without step_async")
         actions, self._actions = self._actions, None
-        obs, rewards, terminated, truncated, _ = self.env.step(self._vmas_actions(actions))
+        with self.own_random_state():
+            return self._step(self._vmas_actions(actions))
+
+    def _step(self, actions: list[torch.Tensor]) -> VecStep:
+        obs, rewards, terminated, truncated, _ = self.env.step(actions)
         next_obs = self._obs(obs)
         terminated, truncated = terminated.bool(), truncated.bool() & ~terminated.bool()
         done = terminated | truncated
