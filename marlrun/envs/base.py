@@ -53,6 +53,34 @@ def team_of(agent: str) -> str:
     return match.group(1) if match else agent
 
 
+def agent_teams(agents: tuple[str, ...], teams: list[str] | None) -> tuple[str, ...]:
+    """Each agent's team: ``teams`` as configured (``env.teams``, one per agent), else from the agents' names."""
+    if teams is None:
+        return tuple(team_of(a) for a in agents)
+    if len(teams) != len(agents):
+        raise UserError(f"env.teams: gives {len(teams)} teams for {len(agents)} agents ({', '.join(agents)}); give one per agent, in that order")
+    return tuple(str(t) for t in teams)
+
+
+def discrete_size(spaces: list, where: str, instead: str) -> int:
+    """The one number of actions of these agents' Discrete action spaces; a UserError where they differ."""
+    sizes = {int(s.n) for s in spaces}
+    if len(sizes) > 1:
+        raise UserError(f"{where}: the agents have different numbers of actions ({', '.join(map(str, sorted(sizes)))}); "
+                        f"marlrun needs one Discrete(n) for all ({instead})")
+    return sizes.pop()
+
+
+def box_bounds(spaces: list) -> tuple[tuple[float, float], np.ndarray | None, np.ndarray | None]:
+    """What a policy acts in for these agents' Box action spaces: their bounds where one (low, high) holds for every
+    component of every agent (then None, None), else (-1, 1) and the [agents, K] bounds to map it onto."""
+    lows = np.stack([s.low for s in spaces]).astype(np.float32)
+    highs = np.stack([s.high for s in spaces]).astype(np.float32)
+    if (lows == lows.flat[0]).all() and (highs == highs.flat[0]).all():
+        return (float(lows.flat[0]), float(highs.flat[0])), None, None
+    return (-1.0, 1.0), lows, highs
+
+
 class VecStep(NamedTuple):
     """One step of every environment copy. Shapes: [E, A, ...] unless noted."""
 

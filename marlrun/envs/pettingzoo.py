@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from pettingzoo.utils.env import AECEnv, ParallelEnv
 
-from marlrun.envs.base import EnvSpec, team_of
+from marlrun.envs.base import EnvSpec, agent_teams, box_bounds, discrete_size
 from marlrun.envs.vector import ParallelWrapper, PettingZooVecEnv
 from marlrun.errors import UserError, require
 
@@ -134,8 +134,8 @@ class Layout:
     discrete: bool
     n_actions: int  # Discrete: its n; Box: the action vector's size
     action_bounds: tuple[float, float]  # what the policy acts in
-    action_low: tuple[np.ndarray, ...] | None  # Box actions mapped from [-1, 1] onto each agent's own bounds, else None
-    action_high: tuple[np.ndarray, ...] | None
+    action_low: np.ndarray | None  # [agents, K]: Box actions mapped from [-1, 1] onto each agent's own bounds, else None
+    action_high: np.ndarray | None
     homogeneous: bool
     state_shape: tuple[int, ...] | None  # None: no state()
 
@@ -179,27 +179,17 @@ def describe_env(env: ParallelEnv, env_id: str, use_state: bool) -> Layout:
     discrete = isinstance(act_spaces[0], gymnasium.spaces.Discrete)
     low = high = None
     if discrete:
-        sizes = {int(s.n) for s in act_spaces}
-        if len(sizes) > 1:
-            raise UserError(f"env.id={env_id}: the agents have different numbers of actions ({', '.join(map(str, sorted(sizes)))}); "
-                            "marlrun needs one Discrete(n) for all (pad the action spaces with a wrapper)")
+        n_actions, bounds = discrete_size(act_spaces, f"env.id={env_id}", "pad the action spaces with a wrapper"), (0.0, 1.0)
         if any(int(s.start) != 0 for s in act_spaces):
             raise UserError(f"env.id={env_id}: a Discrete action space starts at {act_spaces[0].start}, not 0; marlrun's actions are 0..n-1")
-        n_actions, bounds = sizes.pop(), (0.0, 1.0)
     else:
         shapes = {s.shape for s in act_spaces}
         if len(shapes) > 1 or len(next(iter(shapes))) != 1:
             raise UserError(f"env.id={env_id}: Box actions must be vectors of one size for every agent, got shapes {', '.join(map(str, sorted(shapes)))}")
         n_actions = act_spaces[0].shape[0]
-        lows = np.stack([s.low for s in act_spaces]).astype(np.float64)
-        highs = np.stack([s.high for s in act_spaces]).astype(np.float64)
-        if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
+        if not all(np.isfinite(s.low).all() and np.isfinite(s.high).all() for s in act_spaces):
             raise UserError(f"env.id={env_id}: its Box actions are unbounded; marlrun's policies act within bounds (bound them with a wrapper)")
-        if (lows == lows.flat[0]).all() and (highs == highs.flat[0]).all():
-            bounds = (float(lows.flat[0]), float(highs.flat[0]))
-        else:  # map [-1, 1] onto each component's bounds
-            bounds = (-1.0, 1.0)
-            low, high = tuple(lows.astype(np.float32)), tuple(highs.astype(np.float32))
+        bounds, low, high = box_bounds(act_spaces)
 
     state_shape = None
     if use_state:
@@ -230,12 +220,7 @@ def describe(cfg: PettingZooConfig) -> Layout:
 
 def pettingzoo_spec(cfg: PettingZooConfig) -> EnvSpec:
     layout = describe(cfg)
-    if cfg.teams is not None:
-        require(len(cfg.teams) == len(layout.agents), "env.teams",
-                f"gives {len(cfg.teams)} teams for {len(layout.agents)} agents ({', '.join(layout.agents)}); give one per agent, in that order")
-        teams = tuple(str(t) for t in cfg.teams)
-    else:
-        teams = tuple(team_of(a) for a in layout.agents)
+    teams = agent_teams(layout.agents, cfg.teams)
     padded = not layout.image and len(set(layout.obs_sizes)) > 1
     return EnvSpec(
         name=cfg.id.rsplit(".", 1)[-1].split(":")[-1],

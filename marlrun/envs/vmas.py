@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from marlrun.envs.base import EnvSpec, VecEnv, VecStep, team_of
+from marlrun.envs.base import EnvSpec, VecEnv, VecStep, agent_teams, box_bounds, discrete_size
 from marlrun.errors import UserError, require
 from marlrun.render import WHITE, disc
 
@@ -88,8 +88,8 @@ class Layout:
     discrete: bool
     n_actions: int
     action_bounds: tuple[float, float]  # what the policy acts in
-    action_low: tuple[tuple[float, ...], ...] | None  # set: Box actions mapped from [-1, 1] onto each agent's bounds
-    action_high: tuple[tuple[float, ...], ...] | None
+    action_low: np.ndarray | None  # [agents, K]: Box actions mapped from [-1, 1] onto each agent's own bounds, else None
+    action_high: np.ndarray | None
     homogeneous: bool
 
 
@@ -107,23 +107,13 @@ def describe_env(env, scenario: str) -> Layout:
     discrete = kinds == {"Discrete"}
     low = high = None
     if discrete:
-        sizes = {int(s.n) for s in act_spaces}
-        if len(sizes) > 1:
-            raise UserError(f"env.scenario={scenario}: the agents have different numbers of actions ({', '.join(map(str, sorted(sizes)))}); "
-                            "marlrun needs one Discrete(n) for all (try env.continuous_actions=true)")
-        n_actions, bounds = sizes.pop(), (0.0, 1.0)
+        n_actions, bounds = discrete_size(act_spaces, f"env.scenario={scenario}", "try env.continuous_actions=true"), (0.0, 1.0)
     else:
         shapes = {s.shape for s in act_spaces}
         if len(shapes) > 1:
             raise UserError(f"env.scenario={scenario}: the agents' action vectors differ in size ({', '.join(map(str, sorted(shapes)))}); marlrun needs one size")
         n_actions = int(act_spaces[0].shape[0])
-        lows = np.stack([s.low for s in act_spaces]).astype(np.float64)
-        highs = np.stack([s.high for s in act_spaces]).astype(np.float64)
-        if (lows == lows.flat[0]).all() and (highs == highs.flat[0]).all():
-            bounds = (float(lows.flat[0]), float(highs.flat[0]))
-        else:
-            bounds = (-1.0, 1.0)
-            low, high = tuple(map(tuple, lows.tolist())), tuple(map(tuple, highs.tolist()))
+        bounds, low, high = box_bounds(act_spaces)
     homogeneous = len(set(obs_sizes)) == 1 and all(s == act_spaces[0] for s in act_spaces)
     return Layout(agents, max(obs_sizes), obs_sizes, discrete, n_actions, bounds, low, high, homogeneous)
 
@@ -141,12 +131,7 @@ def describe(cfg: VmasConfig) -> Layout:
 
 def vmas_spec(cfg: VmasConfig) -> EnvSpec:
     layout = describe(cfg)
-    if cfg.teams is not None:
-        require(len(cfg.teams) == len(layout.agents), "env.teams",
-                f"gives {len(cfg.teams)} teams for {len(layout.agents)} agents ({', '.join(layout.agents)}); give one per agent, in that order")
-        teams = tuple(str(t) for t in cfg.teams)
-    else:
-        teams = tuple(team_of(a) for a in layout.agents)
+    teams = agent_teams(layout.agents, cfg.teams)
     return EnvSpec(
         name=cfg.scenario,
         agent_names=layout.agents,
@@ -182,8 +167,8 @@ class VmasVecEnv(VecEnv):
             self.env = make_vmas_env(cfg, num_envs, self.device, self.seed)
         self._actions: torch.Tensor | None = None
         if self.layout.action_low is not None:
-            self.low = torch.tensor(self.layout.action_low, dtype=torch.float32, device=self.device)  # [A, K]
-            self.high = torch.tensor(self.layout.action_high, dtype=torch.float32, device=self.device)
+            self.low = torch.as_tensor(self.layout.action_low, device=self.device)  # [A, K]
+            self.high = torch.as_tensor(self.layout.action_high, device=self.device)
 
     @contextmanager
     def own_random_state(self):
