@@ -208,7 +208,7 @@ def test_teams_of_the_wrong_length_are_refused():
 def test_frames_come_from_the_environments_own_render():
     plain = make_pettingzoo(PettingZooConfig(id="mpe2.simple_spread_v3", kwargs={"N": 3}), 1, 0, 0)
     plain.reset()
-    with pytest.raises(UserError, match=r"cannot draw simple_spread_v3: .*'\+env.kwargs.render_mode=rgb_array'"):
+    with pytest.raises(UserError, match=r"cannot draw simple_spread_v3: .*add it to its arguments: env.kwargs.render_mode=rgb_array"):
         plain.frame(0)
     env = make_pettingzoo(PettingZooConfig(id="mpe2.simple_spread_v3", kwargs={"N": 3, "render_mode": "rgb_array"}), 2, 0, 0)
     env.reset()

@@ -337,7 +337,7 @@ class AnyPettingZooVecEnv(PettingZooVecEnv):
         env = self.unwrapped_copy(index)
         if getattr(env, "render_mode", None) != "rgb_array":
             raise UserError(f"cannot draw {self.spec.name}: it draws itself only when built with render_mode=rgb_array; "
-                            "add it to its arguments: '+env.kwargs.render_mode=rgb_array'")
+                            "add it to its arguments: env.kwargs.render_mode=rgb_array")
         try:
             picture = env.render()
         except Exception as exc:  # the library's renderer (a missing display, pygame...)
