@@ -48,7 +48,7 @@ class PettingZooConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that constructor (e.g. {N: 3, max_cycles: 25})
     teams: list[str] | None = None  # each agent's team, in the environment's possible_agents order (null: its name up to the last _<number>)
     agents_can_leave: bool = False  # agents may leave an episode before it ends (they then act no more until the copy resets)
-    state: bool = True  # hand algorithms the environment's state() where it has one (false: no global state, and no cost computing it every step)
+    state: bool = True  # hand algorithms the environment's state() where it has one (false: no global state; copies in worker processes otherwise compute it every step, read or not)
 
     def __post_init__(self) -> None:
         require(isinstance(self.id, str) and bool(self.id.strip()), "env.id", "names the environment: an import path such as mpe2.simple_spread_v3")
