@@ -16,6 +16,9 @@ TINY = ["total_steps=200", "log_interval=100", "checkpoint_interval=100", "eval_
         "hardware.num_envs=2", "hardware.env_workers=0", "algo.buffer_size=2000", "algo.learning_starts=100",
         "progress=false", "print_config=false"]
 
+BYO = ["algo=ippo", "algo.rollout_steps=50", "total_steps=200", "log_interval=100", "eval_episodes=1", "hardware=cpu", "hardware.num_envs=2",
+       "hardware.env_workers=0", "progress=false", "print_config=false"]
+BYO_ANY = [k for k in BYO if not k.startswith("algo")]
 PPO_TINY = ["algo=ippo", *(k for k in TINY if not k.startswith(("algo.buffer_size", "algo.learning_starts")))]
 
 
@@ -212,6 +215,15 @@ CASES = [
     (["eval", "{root}/OPEN_CONFIG"], ["algo._target_"]),
     (["eval", "{root}/ALIEN_CHECKPOINT"], ["not a marlrun checkpoint"]),
     (["eval", "{root}/EVAL_IS_A_FILE"], ["cannot write", "EVAL_IS_A_FILE"]),
+    # --- your own environment: what cannot be built or cannot work
+    (["train", *BYO, "env=pettingzoo", "env.id=not_a_package.env_v0"], ["env.id=not_a_package.env_v0", "there is no module"]),
+    (["train", *BYO, "env=pettingzoo", "env.id=pettingzoo.classic.tictactoe_v3"], ["has no parallel_env()"]),
+    (["train", *BYO, "env=pettingzoo", "env.kwargs={N: many}"], ["env.kwargs", "failed"]),
+    (["train", *BYO, "env=pettingzoo", "env.teams=[a, b]"], ["env.teams", "3 agents"]),
+    (["train", *BYO_ANY, "env=pettingzoo", "algo=mfq"], ["algo=mfq needs a neighbourhood", "Algorithms that fit"]),
+    (["train", *BYO, "env=vmas", "env.scenario=navigaton"], ["env.scenario", "did you mean navigation"]),
+    (["train", *BYO, "env=vmas", "env.kwargs={n_agnets: 2}"], ["env.kwargs", "does not take"]),
+    (["train", *BYO_ANY, "env=vmas", "algo=qmix"], ["algo=qmix needs discrete actions"]),
     # --- the other commands
     (["trian"], ["unknown command 'trian'"]),
     (["report", "{root}/nowhere"], ["nowhere"]),
