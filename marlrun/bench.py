@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from marlrun.build import BuiltRun, build_run
 from marlrun.config import register_configs
+from marlrun.envs.pettingzoo import constructor
 from marlrun.errors import UserError
 from marlrun.hardware import PRECISIONS, bf16_supported, compute_dtype, cpu_bf16_units, cpu_model
 from marlrun.metrics import read_metrics
@@ -147,9 +148,7 @@ def train_throughput(overrides: list[str], learning_starts: int, train_steps: in
 def library_throughput(env_id: str, kwargs: dict, seconds: float) -> float:
     """Env steps per second of a PettingZoo parallel environment stepped by hand with random actions (dicts in, dicts
     out, a reset when every agent is done): what the adapter is measured against."""
-    import importlib
-
-    env = importlib.import_module(env_id).parallel_env(**kwargs)
+    env = constructor(env_id)(**kwargs)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     spaces = {a: env.action_space(a) for a in env.possible_agents}

@@ -19,7 +19,6 @@ import re
 import io
 import math
 import tokenize
-import typing
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -142,7 +141,7 @@ def open_mappings(schema: type) -> DictConfig:
     take new keys from the command line (``env.kwargs={N: 3}``), which Hydra's struct mode otherwise refuses."""
     node = OmegaConf.structured(schema)
     for f in dataclasses.fields(schema):
-        if typing.get_origin(f.type) is dict or f.type is dict or str(f.type).startswith("dict["):
+        if f.type is dict or str(f.type).startswith("dict["):  # annotations are strings here (from __future__)
             OmegaConf.set_struct(node._get_node(f.name), False)
     return node
 

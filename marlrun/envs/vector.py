@@ -169,7 +169,7 @@ class PettingZooVecEnv(VecEnv):
             probe.close()
         self._closed = False
         self._gone = np.zeros((num_envs, self.n_agents), dtype=bool)  # agents that left their copy's episode
-        self._state: torch.Tensor | None = None  # [E, *state_shape], where the spec has a state
+        self._state: np.ndarray | None = None  # [E, *state_shape], where the spec has a state (on the host, as the copies give it)
 
     def _reads_state(self) -> bool:
         return self.provide_state and "state" in self.spec.capabilities
@@ -177,16 +177,10 @@ class PettingZooVecEnv(VecEnv):
     def _obs_dtype(self) -> torch.dtype:
         return torch.uint8 if self.spec.obs_storage_dtype == torch.uint8 else torch.float32
 
-    def _read_state(self, infos: list, key: str, fallback: torch.Tensor | None = None, where: np.ndarray | None = None) -> torch.Tensor:
+    def _read_state(self, infos: list, key: str, fallback: np.ndarray | None = None, where: np.ndarray | None = None) -> np.ndarray:
         """[E, *state_shape] from the first agent's infos of each copy (``where``: only those copies, the rest from ``fallback``)."""
-        rows = []
-        for e in range(self.num_envs):
-            info = infos[e * self.n_agents]
-            if (where is None or where[e]) and key in info:
-                rows.append(torch.as_tensor(info[key]))
-            else:
-                rows.append(fallback[e].cpu())
-        return torch.stack(rows).to(self.device)
+        firsts = infos[:: self.n_agents]
+        return np.stack([info[key] if (where is None or where[e]) and key in info else fallback[e] for e, info in enumerate(firsts)])
 
     def _tensor(self, array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).reshape(self.num_envs, self.n_agents, *np.shape(array)[1:]).to(self.device)
@@ -201,7 +195,7 @@ class PettingZooVecEnv(VecEnv):
         return self._tensor(obs, self._obs_dtype()).float()
 
     def context(self) -> dict:
-        return {"state": self._state} if self._reads_state() and self._state is not None else {}
+        return {"state": torch.as_tensor(self._state, device=self.device)} if self._reads_state() and self._state is not None else {}
 
     def step_async(self, actions: torch.Tensor) -> None:
         # discrete: [E, A] -> [E * A]; continuous: [E, A, K] -> [E * A, K]
@@ -232,8 +226,9 @@ class PettingZooVecEnv(VecEnv):
         next_obs = self._tensor(next_obs, dtype).float()
         next_state = None
         if self._reads_state():
-            next_state = self._read_state(infos, "marlrun_state", self._state)
-            self._state = self._read_state(infos, "marlrun_reset_state", next_state, done) if done.any() else next_state
+            successor = self._read_state(infos, "marlrun_state", self._state)
+            self._state = self._read_state(infos, "marlrun_reset_state", successor, done) if done.any() else successor
+            next_state = torch.as_tensor(successor, device=self.device)
         return VecStep(
             obs=self._tensor(obs, dtype).float(),
             next_obs=next_obs,

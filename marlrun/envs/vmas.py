@@ -183,12 +183,8 @@ class VmasVecEnv(VecEnv):
 
     def _obs(self, observations: list[torch.Tensor]) -> torch.Tensor:
         """[E, A, F] from VMAS's per-agent [E, F_i] (zero-padded to F)."""
-        if len(set(self.layout.obs_sizes)) == 1:
-            return torch.stack(observations, dim=1).float()
-        out = torch.zeros(self.num_envs, self.n_agents, self.layout.obs_size, device=self.device)
-        for i, o in enumerate(observations):
-            out[:, i, : o.shape[-1]] = o
-        return out
+        F = self.layout.obs_size
+        return torch.stack([o if o.shape[-1] == F else torch.nn.functional.pad(o, (0, F - o.shape[-1])) for o in observations], dim=1).float()
 
     def reset(self) -> torch.Tensor:
         with self.own_random_state():
@@ -199,12 +195,11 @@ class VmasVecEnv(VecEnv):
 
     def _vmas_actions(self, actions: torch.Tensor) -> list[torch.Tensor]:
         if self.layout.discrete:
-            actions = actions.reshape(self.num_envs, self.n_agents).long()
-            return [actions[:, i] for i in range(self.n_agents)]
+            return list(actions.reshape(self.num_envs, self.n_agents).long().unbind(1))
         actions = actions.reshape(self.num_envs, self.n_agents, -1).float()
         if self.layout.action_low is not None:
             actions = self.low + (actions + 1.0) * 0.5 * (self.high - self.low)
-        return [actions[:, i] for i in range(self.n_agents)]
+        return list(actions.unbind(1))
 
     def step_wait(self) -> VecStep:
         if self._actions is None:
